@@ -1,0 +1,1 @@
+"""The lab: synthetic tasks with gold rewards, tiny models, and seeded paper reproductions."""
