@@ -122,7 +122,7 @@ class LogConfig:
     save_every: int = 50
     """Steps between checkpoints (0 = only at the end)."""
     keep_checkpoints: int = 2
-    """Newest checkpoints kept; older ones are deleted."""
+    """Newest checkpoints kept; older ones are deleted (0 keeps all)."""
     tensorboard: bool = True
     """Write TensorBoard events to the run directory."""
     wandb: bool = False

@@ -1,1 +1,27 @@
-"""alignlab.runtime"""
+"""alignlab.runtime: seeding, run directory, metrics, progress, checkpoints/resume, signals, optimizer.
+
+Public API (see each module's docstring):
+    seed_everything, get_rng_state, set_rng_state                  seed.py
+    RunDir                                                         rundir.py
+    save_checkpoint, load_checkpoint, latest_checkpoint            checkpoint.py
+    StopSignal                                                     signals.py
+    check_finite, FiniteGuard                                      finite.py
+    make_accelerator, unwrap                                       loop.py
+    Progress                                                       progress.py
+    make_optimizer, make_scheduler, clip_grad, lr_factor           optim.py
+"""
+
+from alignlab.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignlab.runtime.finite import FiniteGuard, check_finite
+from alignlab.runtime.loop import make_accelerator, unwrap
+from alignlab.runtime.optim import clip_grad, lr_factor, make_optimizer, make_scheduler
+from alignlab.runtime.progress import Progress
+from alignlab.runtime.rundir import RunDir
+from alignlab.runtime.seed import get_rng_state, seed_everything, set_rng_state
+from alignlab.runtime.signals import StopSignal
+
+__all__ = [
+    "FiniteGuard", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state", "latest_checkpoint",
+    "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler", "save_checkpoint", "seed_everything",
+    "set_rng_state", "unwrap",
+]
