@@ -54,7 +54,7 @@ class UnpairedExample:
 
 @dataclass
 class RankedList:
-    """A prompt with K completions; `ranks[i]` is completion i's rank (0 = best) and/or `scores[i]` its score."""
+    """A prompt with K completions; `ranks[i]` is completion i's rank (0 = best), `scores[i]` its score."""
 
     prompt: Text
     completions: list[Text]
