@@ -146,6 +146,11 @@ def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
         return _check_value(value, typing.get_args(hint)[0], key, source)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads `1e-3` as a string; the user did write a number
+            return float(value)
+        except ValueError:
+            pass
     if origin is tuple and isinstance(value, list):
         value = tuple(value)
     if origin in (typing.Union, types.UnionType):

@@ -21,7 +21,7 @@ from alignlab.runtime.seed import get_rng_state, seed_everything, set_rng_state
 from alignlab.runtime.signals import StopSignal
 
 __all__ = [
-    "FiniteGuard", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state", "latest_checkpoint",
-    "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler", "save_checkpoint", "seed_everything",
-    "set_rng_state", "unwrap",
+    "FiniteGuard", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state",
+    "latest_checkpoint", "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler",
+    "save_checkpoint", "seed_everything", "set_rng_state", "unwrap",
 ]

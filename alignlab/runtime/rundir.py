@@ -63,12 +63,12 @@ class RunDir:
         return self.path / METRICS_FILE
 
     def save_config(self, cfg: Any, *, echo: bool = True) -> Path:
-        """Write the resolved config to `config.yaml`, log it, and print it to stdout when `echo`."""
+        """Write the resolved config to `config.yaml` and print it to stdout when `echo`."""
         text = to_yaml(cfg)
         out = self.path / CONFIG_FILE
         out.write_text(text, encoding="utf-8")
         self._config = to_dict(cfg)
-        logger.info("resolved config:\n%s", text)
+        logger.info("resolved config saved to %s", out)
         if echo:
             print(text, end="", file=sys.stdout, flush=True)
         return out

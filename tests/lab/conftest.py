@@ -1,25 +1,8 @@
-"""Lab fixtures: one session-wide lab cache in a tmp dir, where the DEFAULT tiny model is built once."""
+"""Lab fixtures (the session-wide lab cache and `tiny_path` live in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def lab_cache(tmp_path_factory):
-    """A fresh lab cache directory; `ALIGNLAB_CACHE` points at it for the whole session."""
-    path = tmp_path_factory.mktemp("alignlab_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALIGNLAB_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="session")
-def tiny_path(lab_cache):
-    """The default `lab:tiny` build (about 30 s on one CPU thread), built once per test session."""
-    from alignlab.lab.base import tiny_model_path
-
-    return tiny_model_path(progress=False)
 
 
 @pytest.fixture(scope="session")
