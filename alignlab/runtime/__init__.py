@@ -6,14 +6,24 @@ Public API (see each module's docstring):
     save_checkpoint, load_checkpoint, latest_checkpoint            checkpoint.py
     StopSignal                                                     signals.py
     check_finite, FiniteGuard                                      finite.py
-    make_accelerator, unwrap                                       loop.py
+    make_accelerator, unwrap, to_device, micro_batches, batch_rows,
+    batch_tokens, due, Meter                                       loop.py
     Progress                                                       progress.py
     make_optimizer, make_scheduler, clip_grad, lr_factor           optim.py
 """
 
 from alignlab.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignlab.runtime.finite import FiniteGuard, check_finite
-from alignlab.runtime.loop import make_accelerator, unwrap
+from alignlab.runtime.loop import (
+    Meter,
+    batch_rows,
+    batch_tokens,
+    due,
+    make_accelerator,
+    micro_batches,
+    to_device,
+    unwrap,
+)
 from alignlab.runtime.optim import clip_grad, lr_factor, make_optimizer, make_scheduler
 from alignlab.runtime.progress import Progress
 from alignlab.runtime.rundir import RunDir
@@ -21,7 +31,8 @@ from alignlab.runtime.seed import get_rng_state, seed_everything, set_rng_state
 from alignlab.runtime.signals import StopSignal
 
 __all__ = [
-    "FiniteGuard", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state",
+    "FiniteGuard", "Meter", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state",
     "latest_checkpoint", "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler",
-    "save_checkpoint", "seed_everything", "set_rng_state", "unwrap",
+    "save_checkpoint", "seed_everything", "set_rng_state", "unwrap", "batch_rows", "batch_tokens", "due",
+    "micro_batches", "to_device",
 ]
