@@ -93,7 +93,7 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear warm-up steps."""
     batch_size: int = 8
-    """Examples per optimizer step (per process), before gradient accumulation."""
+    """Examples per optimizer step and process; `grad_accum` splits them into micro-batches (less memory)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     max_grad_norm: float = 1.0

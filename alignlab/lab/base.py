@@ -4,7 +4,7 @@ The corpus is balanced-polarity synthetic movie reviews plus arithmetic problems
 base model writes fluent review-like text whose gold sentiment averages about 0.5: imperfect, with room
 for SFT, RLHF and DPO to move it. Tokenizer: `build_tokenizer(corpus)`; model: a ~1M-parameter Llama
 trained for 160 AdamW steps on padded single-document batches (each document ends with EOS, so the
-model learns to stop). It takes about 20-30 s on one CPU thread.
+model learns to stop). It takes about 30 s on one idle CPU thread (up to a minute on a busy machine).
 
 `tiny_model_path()` builds it once into the user cache (`$ALIGNLAB_CACHE`, else
 `$XDG_CACHE_HOME/alignlab`, else `~/.cache/alignlab`) under a directory named after a hash of the build

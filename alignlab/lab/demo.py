@@ -5,14 +5,17 @@ Run:
     alignlab demo --output-dir runs/demo --sft-steps 300
 
 Stages: the pretrained tiny base model -> SFT on moderately positive demonstrations. Each stage's policy is
-sampled on held-out review openings and scored by the programmatic gold sentiment reward; KL to the base
-model is estimated on the same samples. Writes `results.json`, `report.png` and each stage's run directory.
+sampled on review openings (the task grammar has 21, the same ones its training data starts with; the
+continuations are what differ) and scored by the programmatic gold sentiment reward; KL to the base model is
+estimated on the same samples. Writes `results.json`, `report.png` and each stage's run directory; a rerun
+replaces the stage directories it made before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +44,7 @@ class DemoConfig:
     sft_steps: int = 200
     """SFT optimizer steps."""
     eval_prompts: int = 128
-    """Held-out review openings sampled per stage for the gold reward and KL."""
+    """Review openings sampled per stage for the gold reward and KL."""
     max_new_tokens: int = 24
     """Sampled completion length."""
     progress: bool = True
@@ -109,6 +112,7 @@ def table(results: list[StageResult]) -> str:
 def main(cfg: DemoConfig) -> list[StageResult]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "sft", ignore_errors=True)  # the demo's own stage output from an earlier run
     torch.manual_seed(cfg.seed)
     # 0. the base model (built and cached on first use) and held-out prompts
     base_path = tiny_model_path()

@@ -20,6 +20,7 @@ import torch
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
 from alignlab.data import collate, collate_packed, make_batches, normalize, pack, read_rows, tokenize_sft
 from alignlab.data.split import train_eval_split
+from alignlab.errors import ConfigError
 from alignlab.losses import aggregate, nll_loss
 from alignlab.models import compute_logprobs, load_tokenizer, model_from_config, save_model
 from alignlab.runtime import (
@@ -31,12 +32,12 @@ from alignlab.runtime import (
     batch_rows,
     batch_tokens,
     due,
-    latest_checkpoint,
     load_checkpoint,
     make_accelerator,
     make_optimizer,
     make_scheduler,
     micro_batches,
+    resume_point,
     save_checkpoint,
     seed_everything,
     to_device,
@@ -67,6 +68,11 @@ class SFTConfig:
     """Seed for data order, initialization of new weights, and sampling."""
     resume: bool = False
     """Continue from the newest checkpoint in the output directory."""
+
+    def __post_init__(self):
+        if self.sft.aggregate == "seq_mean_token_mean" and self.data.packing:
+            raise ConfigError("sft.aggregate seq_mean_token_mean averages per row, and a packed row holds several "
+                              "examples: use token_mean with data.packing")
 
 
 def load_examples(cfg: SFTConfig):
@@ -113,14 +119,16 @@ def eval_loss(model, batches: list[dict], accelerator) -> float:
 
 def main(cfg: SFTConfig) -> dict:
     """Train; return the last logged metrics. Writes the run directory described in docs/runs.md."""
-    run = RunDir(cfg.log.output_dir)
+    accelerator = make_accelerator(cfg.model.mixed_precision)
+    main_process = accelerator.is_main_process
+    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, enabled=main_process)
+    ckpt = resume_point(run, cfg.resume)
     seed_everything(cfg.seed)
     train, held = load_examples(cfg)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     train_feats, eval_feats = tokenize(cfg, train, held, tokenizer)
     run.save_config(cfg)
 
-    accelerator = make_accelerator(cfg.model.mixed_precision)
     model = model_from_config(cfg.model, tokenizer=tokenizer)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim)
@@ -129,7 +137,6 @@ def main(cfg: SFTConfig) -> dict:
     eval_batches = epoch_batches(eval_feats, cfg, 0, pad_id) if eval_feats else []
 
     state = {"step": 0, "epoch": 0, "batch_index": 0}
-    ckpt = latest_checkpoint(run.path) if cfg.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=unwrap(accelerator, model), optimizer=optimizer, scheduler=scheduler)
         run.truncate_metrics(state["step"])
@@ -139,7 +146,8 @@ def main(cfg: SFTConfig) -> dict:
     shard = (accelerator.process_index, accelerator.num_processes)
     batches = epoch_batches(train_feats, cfg, state["epoch"], pad_id, *shard)
     guard, meter = FiniteGuard(), Meter(device, state.get("meter"))
-    progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress)
+    progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and main_process)
+    stopping = False
     metrics: dict = {}
     model.train()
 
@@ -169,6 +177,7 @@ def main(cfg: SFTConfig) -> dict:
             if cfg.optim.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
             optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -179,10 +188,11 @@ def main(cfg: SFTConfig) -> dict:
             progress.update(step, tokens=batch_tokens(batch))
 
             # 4. log, evaluate, checkpoint: the only places that wait for the device
-            done = step >= cfg.optim.max_steps or stop.requested
+            stopping = stop.requested  # read once: a later signal is handled after the next step
+            done = step >= cfg.optim.max_steps or stopping
             if due(step, cfg.log.log_every, done):
                 guard.check()
-                metrics = {"step": step, **meter.flush(), "lr": scheduler.get_last_lr()[0], "epoch": state["epoch"]}
+                metrics = {"step": step, **meter.flush(), "lr": lr, "epoch": state["epoch"]}
                 progress.set_loss(metrics["loss"])
             if eval_batches and due(step, cfg.log.eval_every, done):
                 metrics["eval_loss"] = eval_loss(model, eval_batches, accelerator)
@@ -191,13 +201,15 @@ def main(cfg: SFTConfig) -> dict:
             if due(step, cfg.log.save_every, done):
                 guard.check()  # never write a checkpoint after a non-finite step
                 state["meter"] = meter.state_dict()  # the open logging interval, for an exact resume
-                save_checkpoint(run, step, model=unwrap(accelerator, model), tokenizer=tokenizer,
-                                optimizer=optimizer, scheduler=scheduler, state=state, keep=cfg.log.keep_checkpoints)
-            if stop.requested:
+                if main_process:
+                    save_checkpoint(run, step, model=unwrap(accelerator, model), tokenizer=tokenizer,
+                                    optimizer=optimizer, scheduler=scheduler, state=state,
+                                    keep=cfg.log.keep_checkpoints)
+            if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
     progress.close()
-    if not stop.requested:
+    if main_process and not stopping:
         save_model(unwrap(accelerator, model), tokenizer, run.path)
     run.close()
     return metrics

@@ -26,7 +26,7 @@ from alignlab.runtime.loop import (
 )
 from alignlab.runtime.optim import clip_grad, lr_factor, make_optimizer, make_scheduler
 from alignlab.runtime.progress import Progress
-from alignlab.runtime.rundir import RunDir
+from alignlab.runtime.rundir import RunDir, resume_point
 from alignlab.runtime.seed import get_rng_state, seed_everything, set_rng_state
 from alignlab.runtime.signals import StopSignal
 
@@ -34,5 +34,5 @@ __all__ = [
     "FiniteGuard", "Meter", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state",
     "latest_checkpoint", "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler",
     "save_checkpoint", "seed_everything", "set_rng_state", "unwrap", "batch_rows", "batch_tokens", "due",
-    "micro_batches", "to_device",
+    "micro_batches", "resume_point", "to_device",
 ]

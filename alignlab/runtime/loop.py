@@ -17,10 +17,16 @@ def make_accelerator(mixed_precision: str = "no"):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from alignlab.errors import ConfigError
+
+    gpu = torch.cuda.is_available()
+    if mixed_precision == "fp16" and not gpu:
+        raise ConfigError("model.mixed_precision fp16 needs a GPU; on CPU use bf16 (AMX makes it fast)")
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
 
-    return Accelerator(mixed_precision=mixed_precision)
+    # cpu=True on a CPU-only machine: a torchrun/accelerate launch then runs real DDP over gloo
+    return Accelerator(mixed_precision=mixed_precision, cpu=not gpu)
 
 
 def unwrap(accelerator, model):

@@ -37,14 +37,18 @@ class RunDir:
     """One run's output directory and its metric sinks (jsonl always; TensorBoard and wandb optional)."""
 
     def __init__(self, path: str | Path, *, tensorboard: bool = True, wandb: bool = False,
-                 wandb_project: str = "alignlab"):
+                 wandb_project: str = "alignlab", enabled: bool = True):
         if wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError("log.wandb is on but wandb is not installed: pip install 'alignlab[wandb]'")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.use_tensorboard, self.use_wandb, self.wandb_project = tensorboard, wandb, wandb_project
+        self.enabled = enabled  # False on the non-main processes of a multi-process run: they write nothing
         self._writer = None
         self._wandb_run = None
+        self._handler = None
+        if not enabled:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.use_tensorboard, self.use_wandb, self.wandb_project = tensorboard, wandb, wandb_project
         self._purge_step: int | None = None
         self._config: dict | None = None
         self._handler = logging.FileHandler(self.path / LOG_FILE, encoding="utf-8")
@@ -66,6 +70,8 @@ class RunDir:
         """Write the resolved config to `config.yaml` and print it to stdout when `echo`."""
         text = to_yaml(cfg)
         out = self.path / CONFIG_FILE
+        if not self.enabled:
+            return out
         out.write_text(text, encoding="utf-8")
         self._config = to_dict(cfg)
         logger.info("resolved config saved to %s", out)
@@ -76,7 +82,7 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Drop metric lines with step > `step` (left by an interrupted run) and purge later TB events."""
         self._purge_step = step + 1
-        if not self.metrics_path.exists():
+        if not self.enabled or not self.metrics_path.exists():
             return
         kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
                 if line.strip() and json.loads(line)["step"] <= step]
@@ -93,6 +99,8 @@ class RunDir:
         logging intervals.
         """
         values = _to_floats({k: v for k, v in metrics.items() if k != "step"})
+        if not self.enabled:
+            return values
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
         if self.use_tensorboard:
@@ -166,3 +174,23 @@ def _to_floats(metrics: dict[str, float | int | torch.Tensor]) -> dict[str, floa
         stacked = torch.stack([metrics[k].detach().reshape(()).float() for k in keys]).tolist()
         out.update(zip(keys, stacked))
     return {k: out[k] for k in metrics}  # keep the caller's key order
+
+
+def resume_point(run: RunDir, resume: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run.
+
+    A fresh run refuses a directory that already holds one (checkpoints or metrics), so nothing is appended to
+    or overwritten; `resume` without a checkpoint starts fresh and says so.
+    """
+    from alignlab.runtime.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run.path) if run.path.exists() else None
+    if resume:
+        if ckpt is None:
+            logger.warning("resume requested but %s has no complete checkpoint: starting from step 0", run.path)
+            run.truncate_metrics(0)
+        return ckpt
+    if ckpt is not None or run.metrics_path.exists():
+        raise ConfigError(f"{run.path} already holds a run (checkpoints or metrics.jsonl): pass --resume True to "
+                          "continue it, or choose another --output-dir")
+    return None

@@ -40,3 +40,13 @@ def test_meter_means_and_resume_state():
     resumed = Meter("cpu", saved)
     resumed.add({"loss": torch.tensor(5.0), "acc": torch.tensor(0.0)})
     assert resumed.flush()["loss"] == pytest.approx(3.0)  # (1 + 3 + 5) / 3
+
+
+def test_fp16_on_cpu_is_rejected():
+    from alignlab.errors import ConfigError
+    from alignlab.runtime import make_accelerator
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is valid on a GPU")
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        make_accelerator("fp16")

@@ -94,3 +94,23 @@ def test_resume_truncates_metrics_to_match_uninterrupted_run(tmp_path):
     acc.Reload()
     want = [(s, pytest.approx(1 / s)) for s in range(1, 7)]
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == want
+
+
+def test_fresh_run_refuses_an_existing_run_and_resume_without_checkpoint_starts_over(tmp_path):
+    from alignlab.errors import ConfigError
+    from alignlab.runtime import resume_point
+
+    run = RunDir(tmp_path)
+    assert resume_point(run, False) is None  # empty directory: fine
+    run.log(1, {"loss": 1.0})
+    with pytest.raises(ConfigError, match="already holds a run"):
+        resume_point(run, False)
+    assert resume_point(run, True) is None and run.metrics() == []  # nothing to resume: metrics reset
+    run.close()
+
+
+def test_disabled_rundir_writes_nothing(tmp_path):
+    run = RunDir(tmp_path / "rank1", enabled=False)
+    run.log(1, {"loss": 1.0})
+    run.close()
+    assert not (tmp_path / "rank1").exists()
