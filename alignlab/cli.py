@@ -13,7 +13,8 @@ import sys
 # command words -> (module, config class, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("alignlab.recipes.sft", "SFTConfig", "supervised fine-tuning (completion-only loss, packing)"),
-    "demo": ("alignlab.lab.demo", "DemoConfig", "the lab demo on the built-in tiny model: base -> SFT"),
+    "dpo": ("alignlab.recipes.preference", "PreferenceConfig", "DPO family: DPO, IPO, KTO, ORPO, SimPO, ..."),
+    "demo": ("alignlab.lab.demo", "DemoConfig", "the lab demo on the built-in tiny model"),
 }
 
 
