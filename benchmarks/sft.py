@@ -99,6 +99,9 @@ def child(a) -> None:
         extra = train(model_dir, Path(a.data), a, clock, out_dir)
     window = clock.window(a.warmup, a.steps)
     extra["gradient_checkpointing"] = bool(getattr(clock.model, "is_gradient_checkpointing", False))
+    import torch
+
+    extra["torch_threads_at_end"] = torch.get_num_threads()  # a library that changes it would show here
     result = {"lib": a.lib, "model": a.model, "precision": a.precision, "batch_size": a.batch_size,
               "warmup": a.warmup, "steps": a.steps, **window, **extra,
               "startup_s": round(clock.calls[0][0] - t_start, 2) if clock.calls else None,
@@ -375,7 +378,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads, same for every library")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time (the real measure, needs an otherwise idle machine); cpu: the "
-                         "child's CPU time, with --threads 1, a fallback that holds up on a shared machine")
+                         "child's CPU time, with --threads 1, a fallback for a shared machine (still noisy)")
     ap.add_argument("--glibc-tunables", action="store_true",
                     help="run every library with GLIBC_TUNABLES that keep freed memory (PERF-NOTES §2)")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
