@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("alignlab.recipes.sft", "SFTConfig", "supervised fine-tuning (completion-only loss, packing)"),
     "dpo": ("alignlab.recipes.preference", "PreferenceConfig", "DPO family: DPO, IPO, KTO, ORPO, SimPO, ..."),
+    "rm": ("alignlab.recipes.reward", "RewardConfig", "reward model: Bradley-Terry, K-wise, ensembles, gating, PRM"),
+    "eval rm": ("alignlab.recipes.reward_eval", "RewardEvalConfig", "evaluate a reward model: accuracy, ECE, acc@k"),
     "demo": ("alignlab.lab.demo", "DemoConfig", "the lab demo on the built-in tiny model"),
 }
 

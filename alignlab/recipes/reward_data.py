@@ -1,0 +1,349 @@
+"""Reward-model data: rows -> features -> batches for every objective of `alignlab rm` (see recipes/reward.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+from alignlab.data import (
+    PromptCompletion,
+    TruncationReport,
+    collate,
+    collate_preference,
+    make_batches,
+    normalize,
+    read_rows,
+    tokenize_preference,
+    tokenize_sft,
+)
+from alignlab.data.schemas import ATTRIBUTES
+from alignlab.data.split import train_eval_split
+from alignlab.errors import DataError
+from alignlab.recipes.reward_eval import categories_of, pair_rows
+
+if TYPE_CHECKING:
+    from alignlab.recipes.reward import RewardConfig
+
+log = logging.getLogger("alignlab")
+
+
+# ---------------------------------------------------------------- data: rows -> features -> batches
+
+
+class Pipeline(NamedTuple):
+    """How one objective's rows become features and batches."""
+
+    kind: str  # `normalize` kind of the rows ("steps": TRL stepwise supervision, read here)
+    featurize: Callable  # (examples, tokenizer, cfg, names) -> (features, TruncationReport)
+    collate: Callable  # (features, pad_id) -> batch dict of tensors
+    units: Callable  # feature -> how many loss terms it contributes (its weight in the step's mean)
+
+
+@dataclass
+class Prepared:
+    """Everything the run needs from the data, computed before any model is loaded."""
+
+    train_feats: list[dict]
+    eval_feats: list[dict]
+    eval_pairs: list[dict]  # held-out preference features for pairwise metrics ([] when the data has none)
+    categories: list | None  # category of each eval pair (rm.category_column)
+    reference: list[dict] | None  # completion rows the normalization is computed on
+    attribute_names: list[str]
+    summaries: dict[str, str]  # truncation report per split
+
+
+def _lengths(cfg) -> dict:
+    return {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
+
+
+def _margin(pair, column: str) -> float:
+    """The Llama 2 margin of one pair from `rm.margin_column`."""
+    if column == "margin":
+        value = pair.margin
+    elif column == "score":
+        ok = pair.score_chosen is not None and pair.score_rejected is not None
+        value = pair.score_chosen - pair.score_rejected if ok else None
+    else:
+        value = pair.extra.get(column)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"expected a number for the margin (rm.margin_column {column}), got {value!r}",
+                        source=pair.source, row=pair.row, field="score_chosen/score_rejected" if column == "score"
+                        else column)
+    return float(value)
+
+
+def _pair_feats(pairs, tokenizer, cfg, names):
+    margins = {p.row: _margin(p, cfg.rm.margin_column) for p in pairs} if cfg.rm.margin_column else None
+    feats, report = tokenize_preference(pairs, tokenizer, **_lengths(cfg))
+    for f in feats:
+        f["margin"] = margins[f["row"]] if margins else None
+    return feats, report
+
+
+def _pair_batch(feats, pad_id):
+    batch = collate_preference(feats, pad_id)
+    if feats[0].get("margin") is not None:
+        batch["margin"] = torch.tensor([f["margin"] for f in feats], dtype=torch.float32)
+    return batch
+
+
+def shared_prompt_batch(feats, pad_id):
+    """One row per pair: prompt + chosen + rejected, the prompt held once. `position_ids` of the rejected
+    tokens continue from the prompt's end; `segments` is 0 prompt, 1 chosen, 2 rejected, -1 padding."""
+    width = max(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in feats)
+    ids = torch.full((len(feats), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(feats), width), dtype=torch.long)
+    seg = torch.full((len(feats), width), -1, dtype=torch.long)
+    for b, f in enumerate(feats):
+        n_p, n_c, n_r = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
+        ids[b, :n_p + n_c + n_r] = torch.tensor(f["prompt_ids"] + f["chosen_ids"] + f["rejected_ids"])
+        pos[b, :n_p + n_c] = torch.arange(n_p + n_c)
+        pos[b, n_p + n_c:n_p + n_c + n_r] = torch.arange(n_p, n_p + n_r)
+        seg[b, :n_p], seg[b, n_p:n_p + n_c], seg[b, n_p + n_c:n_p + n_c + n_r] = 0, 1, 2
+    batch = {"input_ids": ids, "position_ids": pos, "segments": seg, "attention_mask": (seg >= 0).long(),
+             "row_ids": torch.tensor([f["row"] for f in feats])}
+    if feats[0].get("margin") is not None:
+        batch["margin"] = torch.tensor([f["margin"] for f in feats], dtype=torch.float32)
+    return batch
+
+
+def shared_prompt_scores(model, batch) -> torch.Tensor:
+    """(2B, K) scores of a `shared_prompt_batch`, chosen rows then rejected rows, equal (to float rounding) to
+    `reward_scores` on the `collate_preference` batch: a 4D mask keeps the causal order and hides the chosen
+    tokens from the rejected ones; each side is read where transformers' pooling reads it (its rightmost
+    non-pad token). The prompt's FLOPs are spent once instead of twice."""
+    ids, seg = batch["input_ids"], batch["segments"]
+    t = torch.arange(ids.shape[1], device=ids.device)
+    allowed = (t[None, :, None] >= t[None, None, :]) & (seg[:, None, :] >= 0)  # (B, T, T): i sees j <= i
+    allowed &= ~((seg[:, :, None] == 2) & (seg[:, None, :] == 1))  # rejected never sees chosen
+    allowed |= torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)  # padding sees itself: no NaN
+    dtype = model.score.weight.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    hidden = getattr(model, model.base_model_prefix)(input_ids=ids, attention_mask=mask[:, None],
+                                                      position_ids=batch["position_ids"], use_cache=False)[0]
+    not_pad = ids != model.config.pad_token_id
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    last = [(t * ((seg == side) & not_pad)).argmax(1) for side in (1, 2)]  # (B,) each
+    return model.score(torch.cat([hidden[rows, last[0]], hidden[rows, last[1]]])).float()
+
+
+def _completion_feats(items: list[tuple], tokenizer, cfg):
+    """(prompt, completion, source, row) -> SFT features with `index` (position in `items`) and `row`."""
+    examples = [PromptCompletion(p, c, src, i) for i, (p, c, src, _) in enumerate(items)]
+    try:
+        feats, report = tokenize_sft(examples, tokenizer, **_lengths(cfg))
+    except DataError as e:  # name the dataset row, not our index
+        if e.row is None:
+            raise
+        raise DataError(str(e).split(": ", 1)[-1], source=e.source, row=items[e.row][3], field=e.field) from None
+    for f in feats:
+        f["index"], f["row"] = f["row"], items[f["row"]][3]
+    return feats, report
+
+
+def _dense_ranks(scores: list[float]) -> list[int]:
+    """0 = best; equal scores share a rank (no comparison between them)."""
+    distinct = sorted(set(scores), reverse=True)
+    return [distinct.index(s) for s in scores]
+
+
+def _ranked_feats(lists, tokenizer, cfg, names):
+    """One feature per prompt: its K completions (each scored once), their ranks and gold quality."""
+    items = [(x.prompt, c, x.source, x.row) for x in lists for c in x.completions]
+    owner = [(i, k) for i, x in enumerate(lists) for k in range(len(x.completions))]
+    feats, report = _completion_feats(items, tokenizer, cfg)
+    grouped: dict[int, list] = {}
+    for f in feats:
+        grouped.setdefault(owner[f["index"]][0], []).append(f)
+    out = []
+    for i, x in enumerate(lists):
+        if len(grouped.get(i, ())) != len(x.completions):
+            continue  # a completion lost every token to truncation: the list is dropped (and counted)
+        ranks = x.ranks if x.ranks is not None else _dense_ranks(x.scores)
+        gold = x.scores if x.scores is not None else [float(r == 0) for r in ranks]
+        out.append({"items": grouped[i], "ranks": list(ranks), "gold": list(gold), "row": x.row})
+    return out, report
+
+
+def _ranked_batch(feats, pad_id):
+    batch = collate([it for f in feats for it in f["items"]], pad_id)
+    k = max(len(f["items"]) for f in feats)
+    valid = torch.zeros(len(feats), k, dtype=torch.bool)
+    ranks = torch.zeros(len(feats), k, dtype=torch.long)
+    for p, f in enumerate(feats):
+        valid[p, :len(f["items"])] = True
+        ranks[p, :len(f["items"])] = torch.tensor(f["ranks"])
+    return {**batch, "ranks": ranks, "valid": valid}
+
+
+def _unpaired_feats(examples, tokenizer, cfg, names):
+    feats, report = _completion_feats([(e.prompt, e.completion, e.source, e.row) for e in examples], tokenizer, cfg)
+    for f in feats:
+        f["label"] = examples[f["index"]].label
+    return feats, report
+
+
+def _label_batch(feats, pad_id):
+    return {**collate(feats, pad_id), "labels": torch.tensor([f["label"] for f in feats], dtype=torch.bool)}
+
+
+def _attribute_feats(examples, tokenizer, cfg, names):
+    feats, report = _completion_feats([(e.prompt, e.completion, e.source, e.row) for e in examples], tokenizer, cfg)
+    for f in feats:
+        rated = examples[f["index"]].scores
+        f["targets"] = [float(rated.get(a, 0.0)) for a in names]
+        f["valid"] = [a in rated for a in names]
+    return feats, report
+
+
+def _attribute_batch(feats, pad_id):
+    return {**collate(feats, pad_id), "targets": torch.tensor([f["targets"] for f in feats]),
+            "valid": torch.tensor([f["valid"] for f in feats], dtype=torch.bool)}
+
+
+def read_steps(rows) -> list[tuple]:
+    """TRL stepwise-supervision rows {"prompt": str, "completions": [str], "labels": [bool]} ->
+    (prompt, steps, labels, source, row); a malformed row -> DataError naming file, row and field."""
+    out = []
+    for source, row, data in rows:
+        prompt, steps, labels = data.get("prompt"), data.get("completions"), data.get("labels")
+        checks = (("prompt", isinstance(prompt, str), "a string"),
+                  ("completions", isinstance(steps, list) and bool(steps)
+                   and all(isinstance(s, str) and s.strip() for s in steps), "a non-empty list of non-empty steps"),
+                  ("labels", isinstance(labels, list) and all(isinstance(b, bool) for b in labels)
+                   and len(labels) == len(steps or []), "a list of true/false, one per step"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise DataError(f"expected {expected}, got {data.get(name)!r:.60}", source=source, row=row, field=name)
+        out.append((prompt, steps, labels, source, row))
+    return out
+
+
+def _step_feats(examples, tokenizer, cfg, names):
+    """prompt ids + (step + separator) ids per step; the step's label sits at its last token. Steps that do
+    not fit in max_length are cut (counted); a row with no step left is dropped (counted)."""
+    limit = cfg.data.max_length
+    report = TruncationReport(examples[0][3] if examples else "", limit, total=len(examples))
+    feats = []
+    for prompt, steps, labels, _, row in examples:
+        ids = tokenizer(prompt)["input_ids"][-(limit - 1):]
+        positions = []
+        for step in steps:
+            piece = tokenizer(step + cfg.rm.step_separator, add_special_tokens=False)["input_ids"]
+            if len(ids) + len(piece) > limit:
+                break
+            ids = ids + piece
+            positions.append(len(ids) - 1)
+        report.add(prompt_cut=False, completion_cut=len(positions) < len(steps), dropped=not positions)
+        if positions:
+            mask = [i in positions for i in range(len(ids))]
+            feats.append({"input_ids": ids, "response_mask": mask, "row": row, "labels": labels[:len(positions)]})
+    if examples and not feats:
+        raise DataError(f"no step fits in max_length={limit}; raise --data.max-length", source=report.source)
+    return feats, report
+
+
+def _step_batch(feats, pad_id):
+    """`response_mask` marks each step's last token; `step_labels (N,)` follow in row-major order."""
+    return {**collate(feats, pad_id), "step_labels": torch.tensor([b for f in feats for b in f["labels"]])}
+
+
+_one = lambda f: 1
+PIPELINES = {
+    "pairs": Pipeline("preference", _pair_feats, _pair_batch, _one),
+    "shared_pairs": Pipeline("preference", _pair_feats, shared_prompt_batch, _one),
+    "ranked": Pipeline("ranked", _ranked_feats, _ranked_batch, _one),
+    "unpaired": Pipeline("unpaired", _unpaired_feats, _label_batch, _one),
+    "attributes": Pipeline("attributes", _attribute_feats, _attribute_batch, _one),
+    "steps": Pipeline("steps", _step_feats, _step_batch, lambda f: len(f["labels"])),
+}
+
+
+def _examples(rows, kind: str, cfg):
+    return read_steps(rows) if kind == "steps" else normalize(rows, kind, columns=cfg.data.columns or None)
+
+
+def _attribute_names(cfg, train) -> list[str]:
+    rated = {a for e in train for a in e.scores}
+    names = cfg.rm.attributes or [a for a in ATTRIBUTES if a in rated]
+    missing = [a for a in names if a not in rated]
+    if missing or not names:
+        raise DataError(f"no rated attribute {missing or ''} in the data (rated: {sorted(rated)})",
+                        source=cfg.data.dataset)
+    return names
+
+
+def as_rows(feats: list[dict]) -> list[dict]:
+    """Completion rows {input_ids, response_mask, row} of any objective's features."""
+    if feats and "prompt_ids" in feats[0]:
+        return pair_rows(feats)
+    return [it for f in feats for it in f["items"]] if feats and "items" in feats[0] else feats
+
+
+def _reference(cfg, tokenizer, train_feats, eval_feats):
+    """The completions `rm.normalize_on` names, as rows (None: no normalization)."""
+    where = cfg.rm.normalize_on
+    if where == "none" or cfg.rm.objective == "process":
+        return None
+    if where in ("eval", "train"):
+        return as_rows(eval_feats if where == "eval" and eval_feats else train_feats)
+    rows = read_rows(where)
+    try:
+        return pair_rows(tokenize_preference(normalize(rows, "preference"), tokenizer, **_lengths(cfg))[0])
+    except DataError:  # not paired data: use its completions
+        items = [(e.prompt, e.completion, e.source, e.row) for e in normalize(rows, "sft")]
+        return _completion_feats(items, tokenizer, cfg)[0]
+
+
+def prepare(cfg: RewardConfig, pipeline: Pipeline, tokenizer) -> Prepared:
+    """Read, split (by row), normalize and tokenize every split, and the reference set."""
+    rows = read_rows(cfg.data.dataset, split=cfg.data.split, subset=cfg.data.subset, max_rows=cfg.data.max_rows)
+    train_rows, eval_rows = train_eval_split(rows, cfg.data.eval_fraction, seed=cfg.seed)
+    train = _examples(train_rows, pipeline.kind, cfg)
+    names = _attribute_names(cfg, train) if pipeline.kind == "attributes" else []
+    train_feats, report = pipeline.featurize(train, tokenizer, cfg, names)
+    summaries = {"train": report.summary()}
+    eval_feats, eval_pairs, categories, pairs = [], [], None, []
+    if eval_rows:
+        held = _examples(eval_rows, pipeline.kind, cfg)
+        eval_feats, report = pipeline.featurize(held, tokenizer, cfg, names)
+        summaries["eval"] = report.summary()
+        if pipeline.kind in ("preference", "unpaired"):
+            pairs = held if pipeline.kind == "preference" else normalize(eval_rows, "preference",
+                                                                        columns=cfg.data.columns or None)
+            eval_pairs = eval_feats if pipeline.kind == "preference" else _pair_feats(pairs, tokenizer, cfg, [])[0]
+    if cfg.rm.category_column and eval_pairs:
+        categories = categories_of(pairs, eval_pairs, cfg.rm.category_column)
+    reference = _reference(cfg, tokenizer, train_feats, eval_feats)
+    return Prepared(train_feats, eval_feats, eval_pairs, categories, reference, names, summaries)
+
+
+def epoch_batches(feats: list[dict], cfg: RewardConfig, epoch: int, *, shard=(0, 1)) -> list[list[dict]]:
+    """This process's batches of features for the epoch: length-grouped, deterministic from (seed, epoch)."""
+    lengths = [sum(len(i["input_ids"]) for i in f["items"]) if "items" in f else
+               len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) if "prompt_ids" in f else
+               len(f["input_ids"]) for f in feats]
+    order = make_batches(lengths, batch_size=cfg.optim.batch_size, seed=cfg.seed, epoch=epoch)
+    return [[feats[i] for i in idx] for idx in order[shard[0]::shard[1]]]
+
+
+def chunks(feats: list[dict], n: int) -> list[list[dict]]:
+    """`feats` split into at most n contiguous, non-empty micro-batches."""
+    size = -(-len(feats) // n)
+    return [feats[i:i + size] for i in range(0, len(feats), size)]
+
+
+def step_stats(loss, correct, margins, scores) -> dict[str, torch.Tensor]:
+    """The step's metrics as device tensors (Meter averages them over the logging interval)."""
+    scores = torch.cat([s.reshape(-1) for s in scores])
+    stats = {"loss": loss, "score_mean": scores.mean(), "score_std": scores.std() if scores.numel() > 1
+             else torch.zeros_like(loss)}
+    if correct:
+        stats["accuracy"] = torch.cat(correct).float().mean()
+    if margins:
+        stats["margin"] = torch.cat(margins).float().mean()
+    return stats
