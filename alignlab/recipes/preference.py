@@ -337,14 +337,15 @@ def evaluate(model, ref, batches: list[list[dict]], cfg: PreferenceConfig, accel
 
 def main(cfg: PreferenceConfig) -> dict:
     """Train; return the last logged metrics. Writes the run directory described in docs/runs.md."""
-    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb)
+    accelerator = make_accelerator(cfg.model.mixed_precision)
+    main_process = accelerator.is_main_process
+    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, enabled=main_process)
     seed_everything(cfg.seed)
     train, held = load_examples(cfg.data, cfg.data_kind, seed=cfg.seed, offsets=cfg.pref.loss == "odpo")
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     train_feats, eval_feats = (featurize(x, cfg.data_kind, tokenizer, cfg.data, seed=cfg.seed) for x in (train, held))
     parts = partitions(train_feats, cfg.pref.sdpo_stages, seed=cfg.seed)
     run.save_config(cfg)
-    accelerator = make_accelerator(cfg.model.mixed_precision)
     model = model_from_config(cfg.model, tokenizer=tokenizer)
     mode, pad_id, device = cfg.reference_mode, tokenizer.pad_token_id, accelerator.device
     log.info("loss %s, reference: %s", cfg.pref.loss, mode)
@@ -379,7 +380,8 @@ def main(cfg: PreferenceConfig) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
     batches = batches_of(parts[state["stage"]], epoch=state["epoch"], rank=rank, world=world)
     guard, meter = FiniteGuard(), Meter(device, state.get("meter"))
-    progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress)
+    progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and main_process)
+    stopping = False
     metrics: dict = {}
     model.train()
 
@@ -422,7 +424,8 @@ def main(cfg: PreferenceConfig) -> dict:
             progress.update(step, tokens=tokens)
 
             # 5. log, evaluate, checkpoint: the only places that wait for the device
-            done = step >= cfg.optim.max_steps or stop.requested
+            stopping = stop.requested  # read once: a later signal is handled after the next step
+            done = step >= cfg.optim.max_steps or stopping
             if due(step, cfg.log.log_every, done):
                 guard.check()
                 metrics = {"step": step, **meter.flush(), "lr": scheduler.get_last_lr()[0], "epoch": state["epoch"]}
@@ -438,13 +441,15 @@ def main(cfg: PreferenceConfig) -> dict:
                 state.update(meter=meter.state_dict(), bco=extra["bco"].tolist(),
                              ref_files=files, reference_file=save_reference_weights(
                                  live.model, run.path / "reference", step, kept) if moving_ref else None)
-                save_checkpoint(run, step, model=unwrap(accelerator, model), tokenizer=tokenizer,
-                                optimizer=optimizer, scheduler=scheduler, state=state, keep=cfg.log.keep_checkpoints)
-            if stop.requested:
+                if main_process:
+                    save_checkpoint(run, step, model=unwrap(accelerator, model), tokenizer=tokenizer,
+                                    optimizer=optimizer, scheduler=scheduler, state=state,
+                                    keep=cfg.log.keep_checkpoints)
+            if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
     progress.close()
-    if not stop.requested:
+    if main_process and not stopping:
         save_hf(unwrap(accelerator, model), tokenizer, run.path)
     run.close()
     return metrics
