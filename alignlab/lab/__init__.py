@@ -2,7 +2,8 @@
 
 `resolve_names(cfg)` turns `lab:` names in a config into local paths, building them on first use:
 `lab:tiny` -> the tiny base model directory (`base.tiny_model_path`), `lab:<dataset>` -> a JSONL file
-(`datasets.dataset_path`). Only the CLI and tests call it; nothing else in the library imports `lab`.
+(`datasets.dataset_path`), `lab:sentiment-gold` etc. -> a `python:` reward spec. Only the CLI and tests call it;
+nothing else in the library imports `lab`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from alignlab.errors import ConfigError
 from alignlab.lab.base import BaseModelSpec, cache_root, tiny_model_path
 from alignlab.lab.datasets import LAB_DATASETS, dataset_path
+from alignlab.lab.rewards import LAB_REWARDS
 
 PREFIX = "lab:"
 
@@ -25,7 +27,7 @@ LAB_MODELS: dict[str, Callable[..., Path]] = {"tiny": tiny_model_path}
 
 def known_names() -> list[str]:
     """Every `lab:` name, models first."""
-    return [PREFIX + n for n in LAB_MODELS] + [PREFIX + n for n in LAB_DATASETS]
+    return [PREFIX + n for n in (*LAB_MODELS, *LAB_DATASETS, *LAB_REWARDS)]
 
 
 def resolve_name(value: str, cache_dir: str | os.PathLike | None = None) -> str:
@@ -37,6 +39,8 @@ def resolve_name(value: str, cache_dir: str | os.PathLike | None = None) -> str:
         return str(LAB_MODELS[name](cache_dir))
     if name in LAB_DATASETS:
         return str(dataset_path(name, cache_dir))
+    if name in LAB_REWARDS:
+        return f"python:alignlab.lab.rewards:{LAB_REWARDS[name]}"
     raise ConfigError(f"unknown lab name {value!r}; known lab names: {', '.join(known_names())}")
 
 
@@ -73,6 +77,6 @@ def resolve_names(cfg: Any, *, cache_dir: str | os.PathLike | None = None) -> An
 
 
 __all__ = [
-    "LAB_DATASETS", "LAB_MODELS", "BaseModelSpec", "cache_root", "dataset_path", "known_names",
+    "LAB_DATASETS", "LAB_MODELS", "LAB_REWARDS", "BaseModelSpec", "cache_root", "dataset_path", "known_names",
     "resolve_name", "resolve_names", "tiny_model_path",
 ]

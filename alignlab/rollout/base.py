@@ -26,8 +26,10 @@ class Sampling:
 class Rollouts:
     """P prompts x n samples, flattened prompt-major (row i*n + j is prompt i's j-th sample).
 
-    `input_ids` is prompt + completion right-padded, `response_mask` True on completion tokens (EOS
-    included), `finished` True where the sample stopped at EOS rather than at max_new_tokens.
+    `input_ids` is prompt + completion right-padded (each row's prompt starts at column 0), `response_mask`
+    True on completion tokens (EOS included), `finished` True where the sample stopped at EOS rather than at
+    max_new_tokens. `logprobs`, when the engine records them, is the sampler's log-probability of each
+    completion token under softmax(logits / temperature) (before top-k/top-p filtering), 0 elsewhere.
     """
 
     input_ids: torch.Tensor  # (B, T)
@@ -37,6 +39,12 @@ class Rollouts:
     completions: list[str]  # (B,) decoded completion text (special tokens removed)
     finished: torch.Tensor  # (B,) bool
     n: int = 1
+    logprobs: torch.Tensor | None = None  # (B, T) float32, sampler log-probs on response positions
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        """"stop" (reached EOS) or "length" (hit max_new_tokens), per row."""
+        return ["stop" if f else "length" for f in self.finished.tolist()]
 
     def batch(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
@@ -45,3 +53,6 @@ class Rollouts:
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, sampling: Sampling, *, seed: int | None = None) -> Rollouts: ...
+
+    def sync_weights(self, model) -> None:
+        """Make the engine sample from `model`'s current weights (a no-op when it shares the module)."""

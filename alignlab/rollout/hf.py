@@ -13,6 +13,9 @@ class HFEngine:
     def __init__(self, model, tokenizer, *, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
+    def sync_weights(self, model) -> None:
+        self.model = model
+
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, sampling: Sampling, *, seed: int | None = None) -> Rollouts:
         if seed is not None:
