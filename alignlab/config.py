@@ -136,6 +136,44 @@ class LogConfig:
                 raise ConfigError(f"log.{name} must be >= 0, got {getattr(self, name)}")
 
 
+@dataclass
+class RolloutConfig:
+    """How an online-RL step samples: prompts per step, completions per prompt, sampling settings."""
+
+    prompts_per_step: int = 8
+    """Prompts drawn per step and process (P); the step's batch is B = P x group_size completions."""
+    group_size: int = 4
+    """Completions sampled per prompt (G); group-relative estimators need at least 2."""
+    max_new_tokens: int = 64
+    """Longest completion in tokens; a completion cut here is `finish_reason: length`."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0); training log-probs use logits / temperature, the sampler's distribution."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]; 1 = off."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens (0 = off)."""
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Generation engine: `hf` (transformers generate), `vllm` (GPU, optional), `auto` (the fastest available)."""
+    max_prompt_length: int = 256
+    """Longest prompt in tokens; longer prompts keep their end (and are counted in the log)."""
+    sample_every: int = 10
+    """Write the step's prompts, completions and scores to `samples/step-N.jsonl` every N steps (0 = never)."""
+
+    def __post_init__(self):
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0 (the policy is trained at this temperature), "
+                              f"got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"rollout.top_k must be >= 0, got {self.top_k}")
+        if self.sample_every < 0:
+            raise ConfigError(f"rollout.sample_every must be >= 0, got {self.sample_every}")
+
+
 # ---------------------------------------------------------------- loading
 
 
