@@ -59,12 +59,14 @@ def test_nll_gradient_sign():
     assert lp.grad.tolist() == [[-1.0, 0.0]]
 
 
-def test_losses_import_with_torch_only():
-    """losses/ must not import transformers, datasets or anything of alignlab beyond itself."""
+@pytest.mark.parametrize("module", ["alignlab.losses", "alignlab.advantages"])
+def test_pure_math_imports_with_torch_only(module):
+    """losses/ and advantages.py must not import transformers, datasets or anything of alignlab beyond the
+    pure-math modules themselves."""
     code = (
-        "import sys, alignlab.losses; "
+        f"import sys, {module}; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('transformers', 'datasets', 'accelerate', 'peft')"
-        " or (m.startswith('alignlab.') and not m.startswith('alignlab.losses'))]; "
+        " or (m.startswith('alignlab.') and not m.startswith(('alignlab.losses', 'alignlab.advantages')))]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
