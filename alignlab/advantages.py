@@ -1,10 +1,9 @@
 """Advantage estimators and reward shaping for online RL: tensors in, tensors out. Imports only torch.
 
-Per-token tensors are (B, T) and line up with `input_ids`; `response_mask` (bool, True = the token counts)
-marks the sampled completion. Critic-free estimators take one `scores` value per sequence (B,), rows
-prompt-major (rows i*G .. i*G+G-1 share prompt i, B = P*G), and return a per-sequence advantage that
-`expand` spreads over the response tokens. Everything returned here is a training target: it carries no
-gradient.
+Per-token tensors are (B, T), lined up with `input_ids`; `response_mask` is bool, True = the token counts.
+Critic-free estimators take `scores` (B,) with prompt-major rows (rows i*G .. i*G+G-1 share prompt i, B = P*G)
+and return a per-sequence advantage that `expand` spreads over the response tokens. Outputs are training
+targets and carry no gradient.
 """
 
 from __future__ import annotations
@@ -133,13 +132,11 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """REINFORCE leave-one-out: s_i minus the mean score of the other G - 1 samples of the same prompt.
 
     A_i = s_i - 1/(G-1) sum_{j != i} s_j = G/(G-1) * (s_i - mean(group)).
-    Paper: Ahmadian et al. 2024 (Back to Basics, RLOO, arXiv:2402.14740) Eq. 6; Kool et al. 2019.
+    Paper: Ahmadian et al. 2024 (Back to Basics, arXiv:2402.14740), the RLOO estimator; Kool, van Hoof, Welling
+    2019 ("Buy 4 REINFORCE samples, get a baseline for free!").
     Deviation: none.
-    Args:
-      scores: (B,) prompt-major groups of `group_size`.
-      group_size: G >= 2.
-    Returns:
-      (B,) advantages, detached.
+    Args: scores (B,) in prompt-major groups of G = `group_size` >= 2.
+    Returns: (B,) advantages, detached.
     """
     if group_size < 2:
         raise ValueError(f"RLOO needs group_size >= 2 (a leave-one-out baseline), got {group_size}")
@@ -153,11 +150,9 @@ def remax_advantages(scores: torch.Tensor, baseline_scores: torch.Tensor) -> tor
 
     Paper: Li et al. 2023 (ReMax, arXiv:2310.10505) Algorithm 1, A = r(x, y) - r(x, y_greedy).
     Deviation: none.
-    Args:
-      scores: (B,) scores of the sampled completions.
-      baseline_scores: (B,) score of the greedy completion of each row's prompt (already expanded to B).
-    Returns:
-      (B,) advantages, detached.
+    Args: scores (B,) of the sampled completions; baseline_scores (B,) of the greedy completion of each row's
+      prompt (already expanded to B).
+    Returns: (B,) advantages, detached.
     """
     if scores.shape != baseline_scores.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and baseline_scores {tuple(baseline_scores.shape)} differ")
@@ -171,14 +166,11 @@ def reinforce_pp_advantages(rewards: torch.Tensor, response_mask: torch.Tensor, 
 
     G_t = sum_{s >= t} gamma^(s-t) r_s, with r_s the score at the last token minus the per-token KL penalty;
     A_t = (G_t - mean) / std over every counted token of the batch (no critic, no per-prompt group).
-    Paper: Hu 2025 (REINFORCE++, arXiv:2501.03262) §3, Eqs. for the token reward and global normalization.
+    Paper: Hu 2025 (REINFORCE++, arXiv:2501.03262) §3: the token-level reward and global advantage normalization.
     Deviation: none.
-    Args:
-      rewards: (B, T) per-token rewards (from `token_rewards` with the KL in it).
-      response_mask: (B, T) bool, True = the token counts.
-      gamma: discount.
-    Returns:
-      (B, T) advantages, 0 where the mask is False, detached.
+    Args: rewards (B, T) per-token rewards (`token_rewards` with the KL in it); response_mask (B, T) bool;
+      gamma the discount.
+    Returns: (B, T) advantages, 0 where the mask is False, detached.
     """
     _check_shapes(response_mask, rewards=rewards)
     returns = _scan(rewards, torch.zeros_like(rewards), response_mask, gamma, 1.0)
@@ -191,15 +183,11 @@ def token_rewards(scores: torch.Tensor, response_mask: torch.Tensor, *, kl: torc
 
     r_t = -kl_coef * kl_t + [t = last] * score ("KL in the reward").
     Paper: Ziegler et al. 2019 (arXiv:1909.08593) Eq. 2; Ouyang et al. 2022 (InstructGPT, arXiv:2203.02155)
-    Eq. 2; Stiennon et al. 2020 (arXiv:2009.01325) Eq. 1.
+    Eq. 2; Stiennon et al. 2020 (arXiv:2009.01325) Eq. 2.
     Deviation: the penalty is per token (the sum over tokens is the sequence KL), as in their code.
-    Args:
-      scores: (B,) one score per sequence.
-      response_mask: (B, T) bool, True = the token counts. A row with no counted token gets no reward.
-      kl: (B, T) per-token KL estimate (e.g. `losses.pg.kl_estimate`), or None.
-      kl_coef: penalty weight beta.
-    Returns:
-      (B, T) rewards, 0 where the mask is False.
+    Args: scores (B,) one per sequence; response_mask (B, T) bool (a row with no counted token gets no
+      reward); kl (B, T) per-token KL estimate (e.g. `losses.pg.kl_estimate`) or None; kl_coef the weight beta.
+    Returns: (B, T) rewards, 0 where the mask is False.
     """
     mask = response_mask.bool()
     if scores.shape != mask.shape[:1]:
@@ -225,13 +213,10 @@ def expand(seq_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tenso
 def zero_variance_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """DAPO dynamic sampling: True for each row whose prompt group has all-equal scores (zero advantage).
 
-    Paper: Yu et al. 2025 (DAPO, arXiv:2503.14476) §3.2, Eq. 11 constraint 0 < |{correct}| < G.
+    Paper: Yu et al. 2025 (DAPO, arXiv:2503.14476) §3.2, the constraint 0 < |{o_i correct}| < G.
     Deviation: tests exact equality of scores (any reward, not only 0/1 accuracy).
-    Args:
-      scores: (B,) prompt-major groups of `group_size`.
-      group_size: G.
-    Returns:
-      (B,) bool, True = drop this row.
+    Args: scores (B,) in prompt-major groups of G = `group_size`.
+    Returns: (B,) bool, True = drop this row.
     """
     s = _groups(scores, group_size)
     flat = s.max(dim=1).values == s.min(dim=1).values  # (P,)
@@ -242,14 +227,11 @@ def overlong_penalty(lengths: torch.Tensor, *, max_length: int, buffer: int) -> 
     """DAPO soft overlong punishment: 0 up to max_length - buffer, then linear down to -1 at max_length.
 
     R(L) = 0 if L <= Lmax - Lbuf; ((Lmax - Lbuf) - L) / Lbuf if Lmax - Lbuf < L <= Lmax; -1 if L > Lmax.
-    Paper: Yu et al. 2025 (DAPO, arXiv:2503.14476) §3.4, Eq. 13.
+    Paper: Yu et al. 2025 (DAPO, arXiv:2503.14476) §3.4, R_length with Lmax and Lcache = buffer.
     Deviation: none.
-    Args:
-      lengths: (B,) response lengths in tokens.
-      max_length: Lmax, the generation budget.
-      buffer: Lbuf, the punishment interval, 0 < buffer <= max_length.
-    Returns:
-      (B,) float penalties in [-1, 0], added to the scores by the recipe.
+    Args: lengths (B,) response lengths in tokens; max_length Lmax, the generation budget; buffer Lbuf, the
+      punishment interval, 0 < buffer <= max_length.
+    Returns: (B,) float penalties in [-1, 0], which the recipe adds to the scores.
     """
     if not 0 < buffer <= max_length:
         raise ValueError(f"overlong buffer must be in (0, max_length={max_length}], got {buffer}")
@@ -261,10 +243,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, response_mas
     """1 - Var[R - V] / Var[R] over the counted tokens: 1 = perfect critic, 0 = no better than a constant.
 
     NaN when the returns have zero variance. A diagnostic; detached.
-    Args:
-      values: (B, T) critic values; returns: (B, T) targets; response_mask: (B, T) bool.
-    Returns:
-      0-dim tensor.
+    Args: values (B, T) critic values; returns (B, T) targets; response_mask (B, T) bool.
+    Returns: a 0-dim tensor.
     """
     _check_shapes(response_mask, values=values, returns=returns)
     mask = response_mask.bool()
@@ -274,7 +254,17 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, response_mas
     return 1.0 - var_residual / var_returns
 
 
-class FixedKLController:
+class _KLControllerState:
+    def state_dict(self) -> dict[str, float]:
+        """The controller's numbers, for a checkpoint."""
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for key, current in vars(self).items():
+            setattr(self, key, type(current)(state[key]))
+
+
+class FixedKLController(_KLControllerState):
     """A constant KL coefficient with the same interface as `AdaptiveKLController`."""
 
     def __init__(self, kl_coef: float):
@@ -283,25 +273,17 @@ class FixedKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         """Does nothing: the coefficient is fixed."""
 
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
-
-
-class AdaptiveKLController:
+class AdaptiveKLController(_KLControllerState):
     """Proportional controller that steers the KL coefficient so the measured KL approaches a target.
 
     e = clip((KL - target) / target, -0.2, 0.2);  beta <- beta * (1 + e * n_steps / horizon).
-    KL above target raises beta; below lowers it; at most by a factor 1 +- 0.2 * n_steps / horizon per update.
+    KL above target raises beta, below lowers it, by at most a factor 1 +- 0.2 * n_steps / horizon per update.
     Paper: Ziegler et al. 2019 (arXiv:1909.08593) §2.2, beta_{t+1} = beta_t (1 + K_beta e_t).
     Deviation: K_beta = n_steps / horizon (the authors' code, lm-human-preferences), so the rate does not
     depend on how many samples one update covers.
-    Args:
-      init_kl_coef: starting beta > 0.
-      target: KL target > 0 (nats per sequence, in the units of `current_kl`).
-      horizon: samples over which a full error corrects, > 0.
+    Args: init_kl_coef > 0, the starting beta; target > 0, the KL target in the units of `current_kl` (e.g.
+      nats per sequence); horizon > 0, the number of samples over which a full error corrects.
     """
 
     def __init__(self, init_kl_coef: float, *, target: float, horizon: int):
@@ -314,9 +296,3 @@ class AdaptiveKLController:
         """Move `value` after an update that covered `n_steps` samples with measured KL `current_kl`."""
         error = min(max((float(current_kl) - self.target) / self.target, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), int(state["horizon"])
