@@ -52,6 +52,24 @@ def test_gae_matches_python_loop(gamma, lam):
     torch.testing.assert_close(ret, ref_ret)
 
 
+def test_gae_and_reinforce_pp_random_ragged_rows():
+    """Seeded random rewards, values and ragged masks (holes, empty rows): vectorized == loop; REINFORCE++ ==
+    the loop's lambda = 1, V = 0 returns, whitened over the counted tokens by hand."""
+    g = torch.Generator().manual_seed(3)
+    rewards, values = torch.randn(6, 9, generator=g, dtype=D), torch.randn(6, 9, generator=g, dtype=D)
+    mask = torch.rand(6, 9, generator=g) < 0.6
+    mask[0] = False
+    adv, ret = gae(rewards, values, mask, gamma=0.95, gae_lambda=0.9)
+    ref_adv, ref_ret = loop_gae(rewards, values, mask, 0.95, 0.9)
+    torch.testing.assert_close(adv, ref_adv)
+    torch.testing.assert_close(ret, ref_ret)
+    mc, _ = loop_gae(rewards, torch.zeros_like(values), mask, 0.95, 1.0)
+    counted = mc[mask]
+    expected = torch.zeros_like(mc)
+    expected[mask] = (counted - counted.mean()) / counted.std()
+    torch.testing.assert_close(reinforce_pp_advantages(rewards, mask, gamma=0.95), expected)
+
+
 def test_gae_worked_example():
     """gamma = 1, lambda = 1, row 0 counted steps r = (0, .5, 1), V = (.2, .4, .6), V after the end = 0.
     returns = (1.5, 1.5, 1.0); advantages = returns - V = (1.3, 1.1, 0.4).
