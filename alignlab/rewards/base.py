@@ -15,6 +15,12 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from alignlab.errors import AlignlabError, DataError
+
+
+class RewardError(AlignlabError, ValueError):
+    """A reward source failed on a batch (user code raised, or returned the wrong thing); names the source."""
+
 
 @runtime_checkable
 class RewardSource(Protocol):
@@ -28,17 +34,30 @@ def as_scores(values, n: int, where: str) -> torch.Tensor:
         try:
             scores = torch.tensor([float(v) for v in values], dtype=torch.float32)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{where} must return one number per completion: {e}") from None
-    if scores.shape[0] != n:
-        raise ValueError(f"{where} returned {scores.shape[0]} scores for {n} completions")
+            raise RewardError(f"{where} must return one number per completion: {e}") from None
+    if scores.ndim == 0 or scores.shape[0] != n:
+        raise RewardError(f"{where} returned {tuple(scores.shape)} scores for {n} completions")
     return scores
+
+
+def column(columns: dict, name: str, n: int, where: str) -> list:
+    """The dataset column `name` (one value per completion) that a source needs; DataError otherwise."""
+    if name not in columns:
+        raise DataError(f"reward source {where!r} needs the column {name!r}; the prompt rows have "
+                        f"{sorted(columns) or 'no other columns'}", field=name)
+    values = list(columns[name])
+    if len(values) != n:
+        raise DataError(f"reward source {where!r}: column {name!r} has {len(values)} values for {n} completions",
+                        field=name)
+    return values
 
 
 class FunctionReward:
     """A Python function as a reward source: `fn(prompts, completions, **columns)`.
 
     The function receives only the dataset columns its signature names (all of them if it takes
-    `**kwargs`), so `def reward(prompts, completions, answer): ...` works on GSM8K-style rows.
+    `**kwargs`), so `def reward(prompts, completions, answer): ...` works on GSM8K-style rows. An exception
+    in it becomes a RewardError naming the source (`python:NAME`), the original chained as its cause.
     """
 
     def __init__(self, fn: Callable, name: str | None = None):
@@ -49,4 +68,8 @@ class FunctionReward:
 
     def score(self, prompts: list[str], completions: list[str], **columns) -> torch.Tensor:
         kwargs = columns if self._takes_all else {k: v for k, v in columns.items() if k in self._names}
-        return as_scores(self.fn(prompts, completions, **kwargs), len(completions), f"reward function {self.name}")
+        try:
+            values = self.fn(prompts, completions, **kwargs)
+        except Exception as e:
+            raise RewardError(f"reward source 'python:{self.name}' raised {type(e).__name__}: {e}") from e
+        return as_scores(values, len(completions), f"reward source 'python:{self.name}'")
