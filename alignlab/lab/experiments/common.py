@@ -1,0 +1,83 @@
+"""Steps the lab experiments share: an SFT policy on the sentiment task, labelled pairs, sampling a policy
+and scoring it by the gold reward, reading a run's metrics, and a line plot. Public library API only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
+from alignlab.eval import sequence_kl
+from alignlab.lab.base import tiny_model_path
+from alignlab.lab.datasets import dataset_path
+from alignlab.lab.labeler import flip_labels
+from alignlab.lab.pairs import sentiment_pairs, write_pairs
+from alignlab.lab.tasks import sentiment
+from alignlab.models import load_model, load_tokenizer
+from alignlab.recipes import sft
+from alignlab.rollout import Sampling, make_engine
+
+
+def sft_policy(out: Path, *, steps: int, seed: int, progress: bool) -> Path:
+    """The lab tiny base model fine-tuned on `lab:sentiment-sft` for `steps` steps; returns its directory."""
+    cfg = sft.SFTConfig(
+        model=ModelConfig(path=str(tiny_model_path())),
+        data=DataConfig(dataset=str(dataset_path("sentiment-sft")), max_length=64, eval_fraction=0.0),
+        optim=OptimConfig(lr=1e-3, batch_size=32, max_steps=steps, warmup_steps=min(10, steps // 4)),
+        log=LogConfig(output_dir=str(out), log_every=10, save_every=0, tensorboard=False, progress=progress),
+        seed=seed)
+    sft.main(cfg)
+    return out
+
+
+def pair_files(out: Path, policy: Path, *, train: int, held_out: int, seed: int, labeler_temperature: float,
+               flip_rates: tuple[float, ...] = (0.0,)) -> dict:
+    """Pairs sampled from `policy`: training files labelled by the simulated labeler (one per flip rate,
+    `train-<rate>.jsonl`) and `heldout.jsonl` labelled by the gold reward itself (other prompts)."""
+    model, tokenizer = load_model(str(policy)), load_tokenizer(str(policy))
+    pairs = sentiment_pairs(train, seed=seed, temperature=labeler_temperature, policy=model, tokenizer=tokenizer)
+    held = sentiment_pairs(held_out, seed=seed + 1, temperature=0.0, policy=model, tokenizer=tokenizer,
+                           prompt_seed=seed + 10_000) if held_out else []
+    held = [p for p in held if p.score_chosen != p.score_rejected]  # a gold tie is no preference
+    files = {rate: write_pairs(flip_labels(pairs, rate, seed=seed), out / f"train-{rate:g}.jsonl")
+             for rate in flip_rates}
+    return {"train": files, "heldout": write_pairs(held, out / "heldout.jsonl"),
+            "label_agreement": sum(p.extra["gold_agrees"] for p in pairs) / max(len(pairs), 1)}
+
+
+@torch.no_grad()
+def evaluate_policy(policy, reference, tokenizer, *, prompts: int, seed: int, max_new_tokens: int = 24) -> dict:
+    """Sample one completion per sentiment prompt at temperature 1: mean gold reward, mean KL(policy || ref)."""
+    texts = sentiment.prompts(prompts, seed=seed + 20_000)
+    rollouts = make_engine(policy, tokenizer).generate(texts, 1, Sampling(max_new_tokens=max_new_tokens), seed=seed)
+    gold = sentiment.gold_reward([p + c for p, c in zip(rollouts.prompts, rollouts.completions)])
+    kl = sequence_kl(policy, reference, rollouts.batch())
+    return {"gold": sum(gold) / len(gold), "kl": float(kl.mean()), "samples": rollouts.completions[:4]}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+
+
+def line_plot(path: Path, series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str,
+              logx: bool = False) -> Path:
+    """One PNG with a line per series {label: (xs, ys)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, "o-", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
