@@ -4,12 +4,13 @@
     reward.score(prompts, completions, tests=["assert add(1, 2) == 3\\nassert add(0, 0) == 0", ...])
     reward.last_results                  # the SandboxResult of each sample of the last batch
 
-The program is the last ```python (or ```py, or unlabeled) fenced block of the completion, else the whole
-completion; an unclosed fence (generation cut off) runs to the end. The tests follow it in the same
-program. A tests value is a string (each top-level `assert` or bare call such as `check(f)` is one test;
-other statements, e.g. imports and helper definitions, are setup that runs in order) or a list of
-strings (each one test). Score: 1.0 when every test passes, else 0.0; with `partial=True` the fraction that
-passed. A program that times out, crashes or breaks a limit scores 0 and the run goes on.
+The program is the last ```python (or ```py) fenced block of the completion, else its last unlabeled
+fenced block, else the whole completion; an unclosed fence (generation cut off) runs to the end. The tests
+follow it in the same program. A tests value is a string (each top-level `assert` or bare call such as
+`check(f)` is one test; other statements, e.g. imports and helper definitions, are setup that runs in
+order) or a list of strings (each one test). Score: 1.0 when every test passes, else 0.0; with
+`partial=True` the fraction that passed. A program that times out, crashes or breaks a limit scores 0
+and the run goes on.
 
 Tests count only when the harness ran to its end and printed a marker carrying a random token drawn for
 this sample, so a solution that calls `sys.exit(0)` or `os._exit(0)` before the tests run scores 0. The
@@ -33,15 +34,16 @@ from alignlab.rewards.sandbox import SandboxResult, run_many
 
 log = logging.getLogger("alignlab")
 
-_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def extract_code(text: str) -> str:
-    """The program in a completion: its last python fenced block, else its last fenced block, else the text."""
+    """The program in a completion: its last python fenced block, else its last unlabeled one, else the text."""
     blocks = _FENCE.findall(text)
-    python = [code for lang, code in blocks if lang]
-    if python or blocks:
-        return (python or [code for _, code in blocks])[-1].strip("\n")
+    python = [code for lang, code in blocks if lang.lower() in ("python", "python3", "py")]
+    plain = [code for lang, code in blocks if not lang]
+    if python or plain:
+        return (python or plain)[-1].strip("\n")
     return text.strip("\n")
 
 
