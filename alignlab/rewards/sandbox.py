@@ -4,32 +4,23 @@
     result.ok, result.stdout, result.reason        # True, "45\n", "ok"
     containment()                                   # what this machine enforces (see below)
 
-Each program runs as `python -I -S` (isolated mode, no site-packages: the standard library only) in a new
-session, in a fresh temporary directory that is deleted afterwards, with an empty environment, stdin/stdout/
-stderr as files (so output is bounded by the file-size limit, never by the parent's memory), and these
-limits, set by a small launcher before the program's first line runs:
+Each program runs as `python -I -S` (the standard library only) in a new session, in a fresh temporary
+directory deleted afterwards, with an empty environment and stdin/stdout/stderr as files (output is bounded by
+the file-size limit, not by the parent's memory). A launcher sets, before the program's first line: RLIMIT_AS
+`memory_mb`, RLIMIT_CPU `cpu_s`, RLIMIT_FSIZE `file_mb`, RLIMIT_NOFILE 64, no core dumps, `no_new_privs`,
+RLIMIT_NPROC `max_processes`, and a new empty network namespace (`unshare(CLONE_NEWNET)`; where refused,
+Python's socket constructors are replaced instead, which stops ordinary Python code but not another binary).
+After `timeout_s` every process of the program is killed.
 
-- wall clock: `timeout_s`; on expiry every process of the program is killed (SIGKILL);
-- memory: RLIMIT_AS `memory_mb` (an allocation past it raises MemoryError);
-- CPU: RLIMIT_CPU `cpu_s` (default timeout + 1 s); file size: RLIMIT_FSIZE `file_mb`; open files:
-  RLIMIT_NOFILE 64; core dumps: none; `no_new_privs` (setuid binaries cannot raise privileges);
-- processes: RLIMIT_NPROC `max_processes`. The kernel never applies this limit to uid 0, so when the parent
-  runs as root each program runs under its own unused uid (unique per parent process and concurrent run):
-  the limit then holds, the program cannot write files owned by root, and afterwards every process of that
-  uid is killed, even ones that left the session. The interpreter may live in a directory only root can
-  enter (e.g. /root/.pyenv); then the program keeps one capability, CAP_DAC_READ_SEARCH (read any file),
-  so that it can import the standard library. Without root the limit counts all of the user's processes, so
-  it is set to their current number plus `max_processes`, and cleanup kills the program's process group;
-- network: a new, empty network namespace (`unshare(CLONE_NEWNET)`, Linux, needs root or CAP_SYS_ADMIN):
-  no interface but a loopback that is down. Where that is refused, Python's socket constructors are
-  replaced before the program runs: this stops ordinary Python code, not a program that runs another
-  binary (e.g. `curl`) or reaches `_socket` through other means.
+RLIMIT_NPROC never applies to uid 0, so under root each program runs under its own fresh unused uid: the limit
+holds, root's files are not writable, and every process of that uid is killed afterwards, even one that left
+the session. If the interpreter lives where only root can enter (e.g. /root/.pyenv), the program keeps
+CAP_DAC_READ_SEARCH (read any file) to import the standard library. Without root the limit is the user's
+current process count plus `max_processes`, and cleanup kills the process group.
 
-Not contained: the program can read files its user can read (any file, when the capability above is
-kept), write where its user can write (with the uid switch: world-writable places such as /tmp and
-/dev/shm; without it: everywhere the parent can), and use CPU up to its limits. This is process-level
-containment for reward computation, not a security boundary against a determined attacker: run untrusted
-code at scale inside a container or VM as well.
+Not contained: reading what its user can read, writing where its user can write (/tmp, /dev/shm under the
+uid switch), CPU up to its limits. This is process-level containment for reward computation, not a security
+boundary; docs/rewards.md lists every guarantee and limit.
 """
 
 from __future__ import annotations
@@ -66,7 +57,14 @@ def _setup():
     if cfg["network"] == "namespace" and libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
         fail("unshare(CLONE_NEWNET) errno %d" % ctypes.get_errno())
     for name, (soft, hard) in cfg["limits"].items():
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+        limit = getattr(resource, name)
+        ceiling = resource.getrlimit(limit)[1]  # an unprivileged process cannot raise its hard limit
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        try:
+            resource.setrlimit(limit, (soft, hard))
+        except (ValueError, OSError) as e:
+            fail("setrlimit %s: %s" % (name, e))
     with open(cfg["code_path"], encoding="utf-8") as f:
         code = compile(f.read(), "main.py", "exec")
     os.unlink(cfg["code_path"])
@@ -122,8 +120,7 @@ class Containment:
     """What `run_sandboxed` enforces on this machine (see the module docstring)."""
 
     network: str  # "namespace" | "socket-patch"
-    processes: str  # "own uid" (root) | "user count" (Linux, not root) | "process group" (root, no uid switch)
-    # | "none" (no /proc): how the number of processes is bounded and how they are all killed
+    processes: str  # how processes are bounded and killed: "own uid" | "user count" | "process group" | "none"
     reads: str  # "world-readable" | "any file" (CAP_DAC_READ_SEARCH kept) | "as parent"
 
 
