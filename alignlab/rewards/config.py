@@ -37,8 +37,7 @@ class RewardSourceConfig:
     weights: list[float] = field(default_factory=list)
     """Weight of each source in a weighted sum (default: all 1); only with combine="sum"."""
     combine: Literal["sum", "mean", "min", "mean_minus_std"] = "sum"
-    """How several sources become one: weighted sum, or an ensemble's mean / min / mean - lam * std
-    (also how the heads of an `rm:` ensemble model are combined; "sum" leaves those at their mean)."""
+    """Several sources as one: weighted sum, or ensemble mean / min / mean - lam * std (also an rm: model's heads)."""
     lam: float = 1.0
     """Weight of the std in combine="mean_minus_std"."""
     whiten: bool = True
