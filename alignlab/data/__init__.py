@@ -10,11 +10,13 @@ from alignlab.data.batching import (
     collate,
     collate_packed,
     collate_preference,
+    collate_shared_prompt,
     feature_length,
     make_batches,
     pack,
     packed_padding_fraction,
     padding_fraction,
+    shared_prompt_length,
 )
 from alignlab.data.io import Row, read_rows
 from alignlab.data.schemas import KINDS, detect_schema, normalize
@@ -32,6 +34,7 @@ from alignlab.data.types import (
 __all__ = [
     "KINDS", "AttributeExample", "Example", "PreferencePair", "PromptCompletion", "PromptOnly", "RankedList",
     "Row", "TruncationReport", "UnpairedExample", "collate", "collate_packed", "collate_preference",
-    "detect_schema", "feature_length", "make_batches", "normalize", "pack", "packed_padding_fraction",
-    "padding_fraction", "read_rows", "tokenize_preference", "tokenize_prompts", "tokenize_sft",
+    "collate_shared_prompt", "detect_schema", "feature_length", "make_batches", "normalize", "pack",
+    "packed_padding_fraction", "padding_fraction", "read_rows", "shared_prompt_length", "tokenize_preference",
+    "tokenize_prompts", "tokenize_sft",
 ]

@@ -5,7 +5,9 @@
   shuffles the batch order: batches hold similar lengths (little padding) yet arrive in random order.
 - `collate` right-pads features into `input_ids (B,T)`, `attention_mask (B,T)`, `response_mask (B,T)`,
   `row_ids (B,)`. `collate_preference` puts prompt+chosen rows first and prompt+rejected rows after them in
-  one batch of 2B rows, so both go through the model in a single forward.
+  one batch of 2B rows, so both go through the model in a single forward. `collate_shared_prompt` holds each
+  pair's prompt once instead: one row of prompt + chosen + rejected per pair, with `segments` from which
+  `alignlab.models.shared_prompt` builds the attention mask that hides the chosen tokens from the rejected ones.
 - `pack` bins whole features into rows of at most `max_length` tokens (first-fit decreasing);
   `collate_packed` lays them out with `position_ids` that restart at 0 for each sequence and no
   `attention_mask`, from which transformers builds a block-diagonal causal mask (no attention across
@@ -88,6 +90,43 @@ def collate_preference(features: list[dict], pad_id: int) -> dict:
     batch = collate(rows, pad_id)
     batch["response_mask"][:, 0] = False  # the first token has no context to be predicted from
     return batch
+
+
+def collate_shared_prompt(features: list[dict], pad_id: int) -> dict:
+    """One row per pair: prompt + chosen + rejected, the prompt held once (B rows instead of 2B).
+
+    `position_ids` of the rejected tokens restart where the prompt ends, so each completion sits at the positions
+    it has in its own prompt + completion row; `segments (B, T)` is 0 prompt, 1 chosen, 2 rejected, -1 padding;
+    `response_mask (B, T)` marks the counted tokens of both completions (`chosen_mask`/`rejected_mask`);
+    `attention_mask (B, T)` the real tokens (for counting: the model gets the 4D mask built from `segments`).
+    """
+    lengths = [(len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])) for f in features]
+    width = max(sum(n) for n in lengths)
+    input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(features), width), dtype=torch.long)
+    segments = torch.full((len(features), width), -1, dtype=torch.long)
+    response_mask = torch.zeros((len(features), width), dtype=torch.bool)
+    for b, (f, (n_p, n_c, n_r)) in enumerate(zip(features, lengths)):
+        end = n_p + n_c + n_r
+        input_ids[b, :end] = torch.tensor(f["prompt_ids"] + f["chosen_ids"] + f["rejected_ids"], dtype=torch.long)
+        position_ids[b, :n_p + n_c] = torch.arange(n_p + n_c)
+        position_ids[b, n_p + n_c:end] = torch.arange(n_p, n_p + n_r)
+        position_ids[b, end:] = torch.arange(n_p + n_r, n_p + n_r + width - end)  # padding: anything finite
+        segments[b, :n_p], segments[b, n_p:n_p + n_c], segments[b, n_p + n_c:end] = 0, 1, 2
+        for side, start, n in (("chosen", n_p, n_c), ("rejected", n_p + n_c, n_r)):
+            mask = f.get(f"{side}_mask") or [True] * n
+            response_mask[b, start:start + n] = torch.tensor(mask, dtype=torch.bool)
+        if n_p == 0 and n_r:  # without a prompt the first rejected token has no context, as the first chosen one
+            response_mask[b, n_c] = False
+    response_mask[:, 0] = False  # the first token has no context to be predicted from
+    return {"input_ids": input_ids, "position_ids": position_ids, "segments": segments,
+            "response_mask": response_mask, "attention_mask": (segments >= 0).long(),
+            "row_ids": torch.tensor([f["row"] for f in features], dtype=torch.long)}
+
+
+def shared_prompt_length(feature: dict) -> int:
+    """Tokens of a preference feature laid out by `collate_shared_prompt`: prompt + chosen + rejected."""
+    return len(feature["prompt_ids"]) + len(feature["chosen_ids"]) + len(feature["rejected_ids"])
 
 
 def _first_fit(tree: list[int], size: int, need: int) -> int:

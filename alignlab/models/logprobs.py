@@ -20,6 +20,10 @@ Packed rows (no attention_mask, position_ids reset to 0 at each sequence start):
 5.23, `masking_utils.find_packed_sequence_indices`) builds the block-diagonal causal mask from
 the position ids when attention_mask is None and no KV cache is passed, so we pass `use_cache=False` and rely
 on it. `packed_seq_logprobs` sums per packed sequence.
+
+Shared-prompt rows (`segments` in the batch: prompt + chosen + rejected in one row, see
+`alignlab.models.shared_prompt`) get their 4D attention mask here, and the first rejected token is read from the
+prompt's last hidden state; `pair_logprobs` returns them as 2B rows, chosen then rejected.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from alignlab.models.shared_prompt import realign_logits, shared_model_inputs, source_positions, split_pairs
 
 
 @dataclass
@@ -212,8 +218,10 @@ def _module_head_logprobs(head: nn.Module, h: Tensor, targets: Tensor, spec: tup
     return torch.cat([o[0] for o in outs]), (torch.cat([o[1] for o in outs]) if with_entropy else None)
 
 
-def _model_inputs(batch: dict) -> dict:
+def _model_inputs(model: nn.Module, batch: dict) -> dict:
     """Keyword arguments of the model call; packed rows must come without an attention_mask."""
+    if "segments" in batch:
+        return shared_model_inputs(model, batch)
     if batch.get("attention_mask") is not None and batch.get("position_ids") is not None:
         # With a 2D attention_mask transformers ignores position-id resets: packed sequences would attend
         # to each other silently.
@@ -226,6 +234,17 @@ def _model_inputs(batch: dict) -> dict:
         if batch.get(key) is not None:
             inputs[key] = batch[key]
     return inputs
+
+
+def _sources(batch: dict, target_pos: Tensor) -> Tensor:
+    """Flat positions of the hidden states that predict the tokens at `target_pos` (the previous ones)."""
+    return source_positions(batch["segments"], target_pos) if "segments" in batch else target_pos - 1
+
+
+def _full_logits(model: nn.Module, batch: dict, inputs: dict) -> Tensor:
+    """(B, T, V) logits of the plain forward, `logits[:, t - 1]` predicting token t (shared rows realigned)."""
+    logits = model(**inputs).logits
+    return realign_logits(logits, batch["segments"]) if "segments" in batch else logits
 
 
 def _head_input(model: nn.Module, head: nn.Module, inputs: dict) -> Tensor:
@@ -276,15 +295,15 @@ def compute_logprobs(model: nn.Module, batch: dict, *, temperature: float = 1.0,
     mask = _counted(batch["response_mask"])  # (B, T)
     spec = _find_head(model)
     if spec is None:  # unknown head: plain full logits (B, T, V) in float32
-        logits = model(**_model_inputs(batch)).logits
+        logits = _full_logits(model, batch, _model_inputs(model, batch))
         logprobs = naive_logprobs(logits, input_ids, mask, temperature)
         entropy = naive_entropy(logits, mask, temperature) if with_entropy else None
         return _summarize(logprobs, mask, entropy)
-    hidden = _head_input(model, spec.head, _model_inputs(batch))  # (B, T, H)
-    # Counted targets at flat position i = b*T + t are predicted by the hidden state at i - 1.
-    # nonzero() is the one host sync: the number of counted tokens N sizes everything after it.
+    hidden = _head_input(model, spec.head, _model_inputs(model, batch))  # (B, T, H)
+    # Counted targets at flat position i = b*T + t are predicted by the hidden state at i - 1 (shared-prompt rows:
+    # the first rejected token by the prompt's last). nonzero() is the one host sync: N sizes everything after it.
     target_pos = mask.flatten().nonzero().squeeze(1)  # (N,)
-    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, target_pos - 1)  # (N, H)
+    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, _sources(batch, target_pos))  # (N, H)
     targets = input_ids.flatten().index_select(0, target_pos)  # (N,)
     head_spec = (spec.scale, spec.softcap, float(temperature))
     if chunk_size is None:
@@ -299,6 +318,26 @@ def compute_logprobs(model: nn.Module, batch: dict, *, temperature: float = 1.0,
     logprobs = zeros.index_put((target_pos,), lp).view(n_batch, n_tok)
     entropy = None if ent is None else zeros.index_put((target_pos,), ent).view(n_batch, n_tok)
     return _summarize(logprobs, mask, entropy)
+
+
+def pair_logprobs(model: nn.Module, batch: dict, **kwargs) -> LogProbs:
+    """LogProbs of 2B rows, the B chosen completions then the B rejected ones, from one forward over either a
+    `collate_preference` batch (2B rows already) or a `collate_shared_prompt` batch (B rows, prompt held once).
+
+    Shared rows are split with `split_pairs`: row b holds the chosen tokens of pair b, row B + b its rejected
+    tokens, at their positions in the shared row (T is the shared width). `kwargs` go to `compute_logprobs`.
+    """
+    return as_pairs(compute_logprobs(model, batch, **kwargs), batch)
+
+
+def as_pairs(lp: LogProbs, batch: dict) -> LogProbs:
+    """`lp` of a shared-prompt batch as 2B rows, chosen then rejected (`lp` itself for any other batch)."""
+    if "segments" not in batch:
+        return lp
+    segments = batch["segments"]
+    mask = split_pairs(_counted(batch["response_mask"]), segments).bool()  # (2B, T)
+    entropy = None if lp.entropy is None else split_pairs(lp.entropy, segments)
+    return _summarize(split_pairs(lp.logprobs, segments), mask, entropy)
 
 
 def _default_chunk_size(vocab: int) -> int:
@@ -345,22 +384,23 @@ def logprobs_and_token_kl(policy: nn.Module, reference: nn.Module, batch: dict, 
     input_ids = batch["input_ids"]
     n_batch, n_tok = input_ids.shape
     mask = _counted(batch["response_mask"])  # (B, T)
-    inputs = _model_inputs(batch)
+    inputs = _model_inputs(policy, batch)
     spec, ref_spec = _find_head(policy), _find_head(reference)
     if spec is None or ref_spec is None:  # unknown head: plain full logits (B, T, V)
-        logits = policy(**inputs).logits
+        logits = _full_logits(policy, batch, inputs)
         with torch.no_grad(), ctx():
-            ref_logits = reference(**inputs).logits
+            ref_logits = _full_logits(reference, batch, _model_inputs(reference, batch))
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
         logq = torch.log_softmax(ref_logits[:, :-1].float(), -1)
         kl = F.pad((logq.exp() * (logq - logp)).sum(-1), (1, 0))
         return _summarize(naive_logprobs(logits, input_ids, mask), mask, None), torch.where(mask, kl, 0.0)
     hidden = _head_input(policy, spec.head, inputs)  # (B, T, H)
     with torch.no_grad(), ctx():
-        ref_hidden = _head_input(reference, ref_spec.head, inputs)  # (B, T, H_ref)
+        ref_hidden = _head_input(reference, ref_spec.head, _model_inputs(reference, batch))  # (B, T, H_ref)
     target_pos = mask.flatten().nonzero().squeeze(1)  # (N,)
-    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, target_pos - 1)  # (N, H)
-    h_ref = ref_hidden.reshape(n_batch * n_tok, -1).index_select(0, target_pos - 1)  # (N, H_ref)
+    source_pos = _sources(batch, target_pos)  # (N,)
+    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, source_pos)  # (N, H)
+    h_ref = ref_hidden.reshape(n_batch * n_tok, -1).index_select(0, source_pos)  # (N, H_ref)
     targets = input_ids.flatten().index_select(0, target_pos)  # (N,)
     if chunk_size is None:
         weight = getattr(spec.head, "weight", None)

@@ -8,8 +8,9 @@
 
 Every batch handed to a reference holds `index (B,)`, the feature index of each of its B examples, and 2B
 rows: the first side of every example, then the second side (chosen then rejected, or completion then the
-mismatched KL completion for KTO). A precomputed table is `(N, 2)`: column 0 the first side, column 1 the
-second, so a lookup is `cat(table[index, 0], table[index, 1])`.
+mismatched KL completion for KTO), or B shared-prompt rows (`collate_shared_prompt`) read as those 2B rows.
+A precomputed table is `(N, 2)`: column 0 the first side, column 1 the second, so a lookup is
+`cat(table[index, 0], table[index, 1])`.
 
 The precomputed table is cached on disk as `<cache_dir>/<key>.safetensors`, the key a hash of the reference
 weights, the token features (which fix data, tokenizer output and max length), the tokenizer itself and
@@ -35,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from alignlab.models.logprobs import compute_logprobs
+from alignlab.models.logprobs import pair_logprobs
 
 log = logging.getLogger("alignlab")
 
@@ -74,8 +75,8 @@ class LiveReference:
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference, also when it is the policy's own base
         try:
-            with self.context(), self.autocast():
-                return compute_logprobs(self.model, batch).seq_logprobs
+            with self.context(), self.autocast():  # a shared-prompt batch gives its 2B rows, as a plain one
+                return pair_logprobs(self.model, batch).seq_logprobs
         finally:
             self.model.train(was_training)
 
@@ -198,7 +199,7 @@ def precomputed_reference(model: nn.Module, features: list[dict], collate_fn: Ca
         (the reference, its cache file).
     """
     live = LiveReference(model, autocast=autocast)
-    order = sorted(features, key=lambda f: len(f.get("prompt_ids", ())) + len(f.get("chosen_ids", ())))
+    order = sorted(features, key=lambda f: sum(len(f.get(k, ())) for k in ("prompt_ids", "chosen_ids", "rejected_ids")))
     batches = [collate_fn(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
     key = cache_key(model, features, tokenizer, rows=n_rows, **settings)
     table, path, _ = cached_reference_logprobs(

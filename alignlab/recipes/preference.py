@@ -7,7 +7,8 @@ Run:
 
 Algorithm (Rafailov et al. 2023, arXiv:2305.18290, §4; every loss is one function in `alignlab.losses`):
   0. reference log-probs of every pair, computed once and cached on disk (or a live frozen copy / LoRA base)
-  1. one forward over chosen||rejected (2B rows) -> summed and token-mean log-probs of each completion
+  1. one forward over chosen||rejected (2B rows; by default B rows of prompt + chosen + rejected, the prompt
+     computed once, for policy and live reference) -> summed and token-mean log-probs of each completion
   2. per-example loss, mean over the step's examples, + NLL terms (RPO/CPO/ORPO/RRHF/PRO); backward, AdamW
   3. TR-DPO: every tau steps ref <- alpha*policy + (1-alpha)*ref; sDPO: each stage's ref = the policy so far
 Departures: KTO's mismatched (x, y') pairs for its KL reference point are fixed once by shifting completions by
@@ -31,9 +32,8 @@ from safetensors.torch import load_file, load_model
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
 from alignlab.errors import ConfigError
 from alignlab.losses import listwise, preference, reference_free, tdpo, unpaired
-from alignlab.models import compute_logprobs, load_tokenizer, model_from_config
+from alignlab.models import load_tokenizer, model_from_config
 from alignlab.models import save_model as save_hf
-from alignlab.models.logprobs import logprobs_and_token_kl
 from alignlab.models.reference import (
     LiveReference,
     PrecomputedReference,
@@ -41,6 +41,7 @@ from alignlab.models.reference import (
     save_reference_weights,
     sync_reference,
 )
+from alignlab.models.shared_prompt import supports_shared_prompt
 from alignlab.recipes.preference_data import (
     epoch_batches,
     featurize,
@@ -49,6 +50,7 @@ from alignlab.recipes.preference_data import (
     stage_of,
     stage_references,
 )
+from alignlab.recipes.preference_terms import kto_terms, list_terms, pair_terms
 from alignlab.runtime import (
     FiniteGuard,
     Meter,
@@ -163,6 +165,10 @@ class PreferenceOptions:
     """TR-DPO: steps between reference updates."""
     sdpo_stages: int = 1
     """sDPO: train on this many data partitions in turn; each stage's reference = the previous stage's policy."""
+    share_prompt: bool = True
+    """Pairwise losses: one row per pair, prompt + chosen + rejected (4D attention mask), the prompt computed once
+    by policy and reference; same log-probs as separate rows to float rounding (off: 2B rows, also for models
+    whose attention takes no custom mask)."""
 
     def __post_init__(self):
         moving = self.tr_dpo != "none" or self.sdpo_stages > 1
@@ -229,74 +235,7 @@ class PreferenceConfig:
         return "lora_base" if p.loss == "tdpo" else "precomputed"
 
 
-# ---------------------------------------------------------------- loss terms (one micro-batch)
-
-
-_d = lambda x: x.detach().float()  # a metric: no grad, float32
-
-
-def _sums(values: dict, mask=None) -> dict:
-    """{name: (sum, count)} of per-example values, over `mask` when given."""
-    return {k: ((_d(v) * (1.0 if mask is None else mask)).sum(), v.shape[0] if mask is None else mask.sum())
-            for k, v in values.items()}
-
-
-def pair_terms(model, ref, batch: dict, loss: Loss, opts: PreferenceOptions, state: dict):
-    """Pairwise and reference-free losses: (losses (B,), NLL sum of the chosen tokens, metric sums)."""
-    n = batch["index"].shape[0]
-    if loss.inputs == "ref+kl":  # TDPO: token-level KL(ref || policy) from the same forward
-        lp, token_kl = logprobs_and_token_kl(model, ref.model, batch, reference_context=ref.context)
-        seq_kl = token_kl.sum(-1)  # (2B,)
-    else:
-        lp = compute_logprobs(model, batch)  # one forward over chosen||rejected
-    seq, mean = lp.seq_logprobs, lp.mean_logprobs  # (2B,)
-    pc, pr, rc = seq[:n], seq[n:], None
-    if loss.inputs in ("seq", "mean"):
-        args = (pc, pr) if loss.inputs == "seq" else (mean[:n], mean[n:])
-    else:
-        ref_seq = ref.seq_logprobs(batch)
-        rc, rr = ref_seq[:n], ref_seq[n:]
-        args = (pc, pr, rc, rr) + ((seq_kl[:n], seq_kl[n:]) if loss.inputs == "ref+kl" else ())
-    losses, chosen_r, rejected_r, *_ = loss.fn(*args, **loss.kwargs(opts, batch, state))
-    values = {"rewards/chosen": chosen_r, "rewards/rejected": rejected_r, "rewards/margin": chosen_r - rejected_r,
-              "rewards/accuracy": (chosen_r > rejected_r).float(), "logps/chosen": pc, "logps/rejected": pr}
-    if rc is not None:
-        values["kl"] = pc - rc  # log pi(y_w|x) - log ref(y_w|x): a (biased) estimate of KL(pi || ref)
-    if loss.fn is preference.bco_pair_loss and torch.is_grad_enabled():  # delta: running mean of train rewards
-        state["bco"] += torch.stack([torch.cat([_d(chosen_r), _d(rejected_r)]).mean(), pc.new_ones(())])
-    return losses, -lp.logprobs[:n].sum(), _sums(values)
-
-
-def kto_terms(model, ref, batch: dict, loss: Loss, opts: PreferenceOptions, state: dict):
-    """KTO: completions with grad, mismatched KL rows without; one reference forward over both."""
-    n = batch["index"].shape[0]
-    halves = [{k: v[s] for k, v in batch.items() if v.dim() == 2} for s in (slice(0, n), slice(n, None))]
-    policy = compute_logprobs(model, halves[0]).seq_logprobs  # (B,)
-    with torch.no_grad():
-        policy_kl = compute_logprobs(model, halves[1]).seq_logprobs  # (B,)
-    ref_seq = ref.seq_logprobs(batch)  # (2B,)
-    desirable = batch["desirable"]
-    losses, rewards, kl = loss.fn(policy, ref_seq[:n], desirable, policy_kl, ref_seq[n:],
-                                  **loss.kwargs(opts, batch, state))
-    d, u = desirable.float(), (~desirable).float()
-    out = {**_sums({"rewards/chosen": rewards, "logps/chosen": policy}, d),
-           **_sums({"rewards/rejected": rewards, "logps/rejected": policy}, u),
-           **_sums({"rewards/accuracy": ((rewards > 0) == desirable).float()}), "kl": (_d(kl).mean() * n, n)}
-    return losses, torch.zeros((), device=policy.device), out
-
-
-def list_terms(model, ref, batch: dict, loss: Loss, opts: PreferenceOptions, state: dict):
-    """RRHF/PRO: all K completions of each list in one forward, scattered into (B, K) by `slot`."""
-    lp = compute_logprobs(model, batch)
-    n, width = batch["scores"].shape
-    mean = lp.mean_logprobs.new_zeros(n * width).index_put((batch["slot"],), lp.mean_logprobs).view(n, width)
-    losses, accuracy = loss.fn(mean, batch["scores"], **loss.kwargs(opts, batch, state))
-    scores = batch["scores"].masked_fill(~batch["valid"], float("nan"))
-    best, worst = (mean.gather(1, i[:, None])[:, 0] for i in (scores.nan_to_num(-1e30).argmax(-1),
-                                                             scores.nan_to_num(1e30).argmin(-1)))
-    values = {"rewards/chosen": best, "rewards/rejected": worst, "rewards/margin": best - worst,
-              "rewards/accuracy": accuracy}  # rewards: token-mean log-probs of the best and worst completions
-    return losses, -lp.logprobs[batch["nll_rows"]].sum(), _sums(values)
+# ---------------------------------------------------------------- one step (loss terms: preference_terms.py)
 
 
 def step_terms(model, ref, micros: list[dict], cfg: PreferenceConfig, accelerator, state, backward: bool):
@@ -304,7 +243,8 @@ def step_terms(model, ref, micros: list[dict], cfg: PreferenceConfig, accelerato
     loss_spec, device = LOSSES[cfg.pref.loss], accelerator.device
     terms = {"kto": kto_terms, "list": list_terms}.get(loss_spec.inputs, pair_terms)
     n_examples = sum(m["index"].shape[0] for m in micros)
-    nll_tokens = sum(int(m["response_mask"][m["nll_rows"]].sum()) for m in micros)  # host tensors: no sync
+    nll_tokens = sum(int((m["response_mask"] & (m["segments"] == 1)).sum()) if "segments" in m else
+                     int(m["response_mask"][m["nll_rows"]].sum()) for m in micros)  # host tensors: no sync
     total, sums = torch.zeros((), device=device), {}
     state["bco_delta"] = state["bco"][0] / state["bco"][1].clamp(min=1)  # BCO: mean reward of previous steps
     for micro in micros:
@@ -348,13 +288,15 @@ def main(cfg: PreferenceConfig) -> dict:
     run.save_config(cfg)
     model = model_from_config(cfg.model, tokenizer=tokenizer)
     mode, pad_id, device = cfg.reference_mode, tokenizer.pad_token_id, accelerator.device
-    log.info("loss %s, reference: %s", cfg.pref.loss, mode)
+    shared = cfg.pref.share_prompt and cfg.data_kind == "preference" and supports_shared_prompt(model)
+    log.info("loss %s, reference: %s%s", cfg.pref.loss, mode, ", prompt shared by chosen and rejected" * shared)
     live = None  # 0. the reference: a frozen copy, the LoRA base of the policy, or log-probs computed once
     if mode in ("copy", "lora_base"):
         live = LiveReference(frozen_copy(model).to(device) if mode == "copy" else model, adapters_off=mode != "copy",
                              autocast=accelerator.autocast)
-    refs, files = stage_references(cfg, model, live, tokenizer, accelerator, {"train": parts[0], "eval": eval_feats},
-                                   len(train_feats))
+    refs_of = functools.partial(stage_references, cfg, model, live, tokenizer, accelerator, n_train=len(train_feats),
+                                shared=shared)
+    refs, files = refs_of({"train": parts[0], "eval": eval_feats})
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -362,7 +304,7 @@ def main(cfg: PreferenceConfig) -> dict:
     state = {"step": 0, "epoch": 0, "batch_index": 0, "stage": 0}
     extra = {"bco": torch.zeros(2, device=device)}  # BCO's running reward sum and count
     batches_of = functools.partial(epoch_batches, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,
-                                   seed=cfg.seed, pad_id=pad_id)
+                                   seed=cfg.seed, pad_id=pad_id, shared=shared)
     eval_batches = batches_of(eval_feats, epoch=0) if eval_feats else []
     ckpt = latest_checkpoint(run.path) if cfg.resume else None
     if ckpt is not None:
@@ -394,8 +336,7 @@ def main(cfg: PreferenceConfig) -> dict:
                 log.info("sDPO stage %d/%d: ref = policy at step %d", stage + 1, cfg.pref.sdpo_stages, state["step"])
                 if live is not None:
                     sync_reference(live.model, unwrap(accelerator, model), 1.0)
-                refs, files = stage_references(cfg, model, live, tokenizer, accelerator,
-                                               {"train": parts[state["stage"]], "eval": eval_feats}, len(train_feats))
+                refs, files = refs_of({"train": parts[state["stage"]], "eval": eval_feats})
                 batches = batches_of(parts[state["stage"]], epoch=0, rank=rank, world=world)
             # 2. next batch; a new epoch reshuffles deterministically from (seed, epoch)
             if state["batch_index"] >= len(batches):

@@ -3,8 +3,9 @@ sDPO partitions and stages, and the precomputed reference tables of the features
 
 Three kinds, all giving features with `index` (their position, the row of a precomputed reference table):
 - `preference` (pairwise and reference-free losses): `tokenize_preference` features; a batch is 2B rows,
-  chosen then rejected (`collate_preference`), so both go through the model in one forward. ODPO features
-  carry `offset` = margin, or score_chosen - score_rejected.
+  chosen then rejected (`collate_preference`), so both go through the model in one forward, or with `shared`
+  B rows of prompt + chosen + rejected, the prompt held once (`collate_shared_prompt`; the log-probs read as
+  2B rows). ODPO features carry `offset` = margin, or score_chosen - score_rejected.
 - `unpaired` (KTO): each completion is paired with a mismatched one, the completion of another example
   (shift by one in a seeded order), tokenized after *this* prompt: the KL row (x_i, y_j) of KTO's reference
   point. Fixed once, so reference log-probs of the KL rows can be precomputed. A batch is the B completion
@@ -17,6 +18,7 @@ Every batch has `nll_rows`: the rows whose NLL the RPO/CPO/ORPO/RRHF/PRO terms a
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 
@@ -28,9 +30,11 @@ from alignlab.data import (
     PromptCompletion,
     collate,
     collate_preference,
+    collate_shared_prompt,
     make_batches,
     normalize,
     read_rows,
+    shared_prompt_length,
     tokenize_preference,
     tokenize_sft,
 )
@@ -103,11 +107,11 @@ def ranked_features(lists: list, tokenizer, kw: dict) -> list[dict]:
             for i, g in grouped.items() if len(g) >= 2]
 
 
-def collate_features(feats: list[dict], pad_id: int) -> dict:
-    """One micro-batch of any kind (see the module docstring)."""
+def collate_features(feats: list[dict], pad_id: int, shared: bool = False) -> dict:
+    """One micro-batch of any kind (see the module docstring); `shared`: pairs as shared-prompt rows."""
     index = torch.tensor([f["index"] for f in feats])
     if "items" not in feats[0]:
-        batch = collate_preference(feats, pad_id)
+        batch = (collate_shared_prompt if shared else collate_preference)(feats, pad_id)
         batch.update(index=index, nll_rows=torch.arange(len(feats)))
         for key in ("offset", "desirable"):
             if all(key in f for f in feats):
@@ -129,16 +133,16 @@ def collate_features(feats: list[dict], pad_id: int) -> dict:
 
 
 def epoch_batches(feats: list[dict], *, batch_size: int, grad_accum: int, seed: int, epoch: int, pad_id: int,
-                  rank: int = 0, world: int = 1) -> list[list[dict]]:
+                  rank: int = 0, world: int = 1, shared: bool = False) -> list[list[dict]]:
     """This process's steps for the epoch, each a list of (up to) `grad_accum` collated micro-batches;
-    length-grouped and deterministic from (seed, epoch)."""
-    lengths = [max(len(i["input_ids"]) for i in f["items"]) if "items" in f else
-               len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats]
+    grouped by the length of their rows (shared-prompt rows with `shared`), deterministic from (seed, epoch)."""
+    lengths = [max(len(i["input_ids"]) for i in f["items"]) if "items" in f else shared_prompt_length(f) if shared
+               else len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats]
     order = make_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch)
     steps = []
     for idx in order[rank::world]:
         parts = [p for p in (idx[k::grad_accum] for k in range(grad_accum)) if p]
-        steps.append([collate_features([feats[i] for i in p], pad_id) for p in parts])
+        steps.append([collate_features([feats[i] for i in p], pad_id, shared) for p in parts])
     return steps
 
 
@@ -158,19 +162,22 @@ def stage_of(step: int, stages: int, max_steps: int) -> int:
     return step * stages // max_steps
 
 
-def stage_references(cfg, model, live, tokenizer, accelerator, feats: dict[str, list], n_train: int):
+def stage_references(cfg, model, live, tokenizer, accelerator, feats: dict[str, list], n_train: int,
+                     shared: bool = False):
     """The train/eval references of a (sDPO) stage and their cache files, for a `PreferenceConfig`: the live one
     (copy, LoRA base), none (reference-free loss), or log-probs of `feats` under `model` as it is now,
-    precomputed once and cached (`models.reference.precomputed_reference`)."""
+    precomputed once (in shared-prompt rows with `shared`) and cached (`models.reference.precomputed_reference`)."""
     if live is not None or cfg.reference_mode == "none":
         return {"train": live, "eval": live}, {}
     refs, files = {"eval": None}, {}
+    collate_fn = functools.partial(collate_features, pad_id=tokenizer.pad_token_id, shared=shared)
     for split, split_feats in ((k, v) for k, v in feats.items() if v):
         refs[split], path = precomputed_reference(
-            accelerator.unwrap_model(model), split_feats, lambda fs: collate_features(fs, tokenizer.pad_token_id),
+            accelerator.unwrap_model(model), split_feats, collate_fn,
             tokenizer=tokenizer, n_rows=n_train if split == "train" else len(split_feats),
             batch_size=cfg.optim.batch_size, cache_dir=cfg.pref.ref_cache_dir, device=accelerator.device,
             autocast=accelerator.autocast, progress=cfg.log.progress, max_length=cfg.data.max_length,
-            max_prompt_length=cfg.data.max_prompt_length, precision=cfg.model.mixed_precision, kind=cfg.data_kind)
+            max_prompt_length=cfg.data.max_prompt_length, precision=cfg.model.mixed_precision, kind=cfg.data_kind,
+            **({"layout": "shared_prompt"} if shared else {}))  # same numbers to float rounding: own cache entry
         files[split] = str(path)
     return refs, files
