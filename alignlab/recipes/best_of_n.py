@@ -22,7 +22,9 @@ Departures from the papers:
 - RAFT's batch of prompts per stage: with `bon.max_prompts` set, round k takes the next `max_prompts` prompts
   of the dataset (wrapping around); without it every round uses every prompt.
 - Each SFT round continues from the previous policy with a fresh optimizer (as Dong 2023 fine-tune per stage).
-- Prompts longer than `data.max_prompt_length` tokens are skipped (and counted), not truncated.
+- Prompts are loaded as for PPO/GRPO (`rollout.experience.load_prompts`): chat prompts rendered with the
+  template, prompts longer than `data.max_prompt_length` keep their last tokens. best.jsonl holds the prompt
+  text exactly as the policy continued it, so RAFT's SFT trains on the very context it sampled from.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ from typing import Any
 import torch
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
-from alignlab.data import PromptOnly, normalize, read_rows, tokenize_prompts
 from alignlab.errors import ConfigError, DataError
 from alignlab.eval.best_of_n import best_of_k_curve, bon_kl, select_best
 from alignlab.models import load_model, load_tokenizer, save_model
 from alignlab.rewards import RewardSource, RewardSourceConfig, build_reward
 from alignlab.rollout import BACKENDS, Rollouts, Sampling, make_engine
+from alignlab.rollout.experience import PromptSet, load_prompts, sample
 from alignlab.runtime import Progress, RunDir, StopSignal, make_accelerator, resume_point, seed_everything
 
 log = logging.getLogger("alignlab")
@@ -131,43 +133,12 @@ class BoNConfig:
 # ---------------------------------------------------------------- prompts
 
 
-def load_prompts(cfg: BoNConfig, tokenizer) -> list[PromptOnly]:
-    """The prompt rows, minus those longer than `data.max_prompt_length` tokens (counted in the log)."""
-    rows = read_rows(cfg.data.dataset, split=cfg.data.split, subset=cfg.data.subset, max_rows=cfg.data.max_rows)
-    prompts = normalize(rows, "prompt", columns=cfg.data.columns or None)
-    limit = cfg.data.max_prompt_length
-    if limit is not None:
-        features, _ = tokenize_prompts(prompts, tokenizer, max_prompt_length=10**9)
-        kept = [p for p, f in zip(prompts, features) if len(f["prompt_ids"]) <= limit]
-        if len(kept) < len(prompts):
-            log.info("skipped %d of %d prompts longer than data.max_prompt_length=%d tokens",
-                     len(prompts) - len(kept), len(prompts), limit)
-        if not kept:
-            raise DataError(f"every prompt is longer than data.max_prompt_length={limit} tokens",
-                            source=cfg.data.dataset)
-        prompts = kept
-    return prompts
-
-
-def round_prompts(prompts: list, max_prompts: int | None, iteration: int) -> list:
+def round_indices(num_prompts: int, max_prompts: int | None, iteration: int) -> list[int]:
     """Round `iteration`'s prompts (0-based): the next `max_prompts` of the dataset, wrapping around."""
-    if max_prompts is None or max_prompts >= len(prompts):
-        return list(prompts)
+    if max_prompts is None or max_prompts >= num_prompts:
+        return list(range(num_prompts))
     start = iteration * max_prompts
-    return [prompts[(start + j) % len(prompts)] for j in range(max_prompts)]
-
-
-def prompt_text(prompt, tokenizer) -> str:
-    """The text the engine continues: a string prompt as is, a chat prompt rendered with the generation prompt."""
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def sample_columns(prompts: list[PromptOnly], n: int) -> dict[str, list]:
-    """The prompts' other columns, one entry per sample (each prompt's value repeated n times)."""
-    keys = dict.fromkeys(k for p in prompts for k in p.extra)
-    return {k: [p.extra.get(k) for p in prompts for _ in range(n)] for k in keys}
+    return [(start + j) % num_prompts for j in range(max_prompts)]
 
 
 # ---------------------------------------------------------------- one round
@@ -177,34 +148,36 @@ def sample_columns(prompts: list[PromptOnly], n: int) -> dict[str, list]:
 class Samples:
     """One round's P x n samples, prompt-major (row i*n + j is prompt i's j-th sample)."""
 
-    prompts: list[str]  # (B,) prompt text as the engine saw it
+    prompts: list[str]  # (B,) prompt text exactly as the policy continued it
     completions: list[str]  # (B,)
+    columns: dict[str, list]  # column -> (B,) the prompt rows' other fields, repeated per sample
     finished: torch.Tensor  # (B,) bool: stopped at EOS
     lengths: torch.Tensor  # (B,) completion tokens
     n: int
 
 
-def generate(engine, texts: list[str], cfg: BoNConfig, iteration: int) -> Samples:
-    """n samples per prompt, generated in chunks of whole prompts; seeded by (seed, iteration, chunk)."""
+def generate(engine, prompts: PromptSet, indices: list[int], cfg: BoNConfig, iteration: int) -> Samples:
+    """n samples of each prompt in `indices`, generated in chunks of whole prompts, seeded by (seed, round)."""
     n = cfg.bon.n
     per_call = max(1, cfg.bon.generation_batch_size // n)
-    starts = range(0, len(texts), per_call)
+    chunks = [indices[i:i + per_call] for i in range(0, len(indices), per_call)]
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-    seeds = torch.randint(2**31 - 1, (len(starts),), generator=generator).tolist()
-    parts: list[Rollouts] = []
-    with Progress(len(texts), enabled=cfg.log.progress, desc=f"sample round {iteration + 1}") as bar:
-        for start, seed in zip(starts, seeds):
-            parts.append(engine.generate(texts[start:start + per_call], n, cfg.bon.sampling, seed=seed))
-            bar.update(min(start + per_call, len(texts)))
-    return Samples(prompts=[t for p in parts for t in p.prompts],
-                   completions=[c for p in parts for c in p.completions],
-                   finished=torch.cat([p.finished for p in parts]),
-                   lengths=torch.cat([p.response_mask.sum(1) for p in parts]), n=n)
+    seeds = torch.randint(2**31 - 1, (len(chunks),), generator=generator).tolist()
+    parts: list[tuple[Rollouts, dict]] = []
+    with Progress(len(indices), enabled=cfg.log.progress, desc=f"sample round {iteration + 1}") as bar:
+        for done, (chunk, seed) in enumerate(zip(chunks, seeds)):
+            parts.append(sample(engine, prompts, chunk, cfg.bon.sampling, n, seed=seed))
+            bar.update(min((done + 1) * per_call, len(indices)))
+    return Samples(prompts=[t for r, _ in parts for t in r.prompts],
+                   completions=[c for r, _ in parts for c in r.completions],
+                   columns={k: [v for _, cols in parts for v in cols[k]] for k in prompts.columns},
+                   finished=torch.cat([r.finished for r, _ in parts]),
+                   lengths=torch.cat([r.response_mask.sum(1) for r, _ in parts]), n=n)
 
 
-def score(source: RewardSource, samples: Samples, columns: dict, what: str) -> torch.Tensor:
+def score(source: RewardSource, samples: Samples, what: str) -> torch.Tensor:
     """(B,) scores; a non-finite score is an error naming the sample."""
-    scores = source.score(samples.prompts, samples.completions, **columns).float()
+    scores = source.score(samples.prompts, samples.completions, **samples.columns).float()
     if scores.dim() != 1:
         raise ConfigError(f"{what} returned shape {tuple(scores.shape)}; best-of-n needs one score per sample")
     bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
@@ -268,21 +241,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_round(out: Path, prompts: list[PromptOnly], samples: Samples, scores, evals, best, kept,
-                save_samples: bool) -> Path:
+def write_round(out: Path, samples: Samples, scores, evals, best, kept, save_samples: bool) -> Path:
     """best.jsonl (the kept winners, prompt order) and, when asked, samples.jsonl (every sample)."""
     n = samples.n
 
     def extras(i: int) -> dict:
         return {"eval_score": float(evals[i])} if evals is not None else {}
 
-    winners = [sft_row(prompts[i // n].prompt, samples.completions[i], prompts[i // n].extra,
-                       score=float(scores[i]), **extras(i)) for i in kept.tolist()]
+    def columns(i: int) -> dict:
+        return {k: v[i] for k, v in samples.columns.items()}
+
+    winners = [sft_row(samples.prompts[i], samples.completions[i], columns(i), score=float(scores[i]), **extras(i))
+               for i in kept.tolist()]
     best_path = write_jsonl(out / "best.jsonl", winners)
     if save_samples:
         is_best = set(best.tolist())
         write_jsonl(out / "samples.jsonl", [
-            {"prompt_index": i // n, "sample": i % n, "prompt": prompts[i // n].prompt,
+            {"prompt_index": i // n, "sample": i % n, "prompt": samples.prompts[i],
              "completion": samples.completions[i], "score": float(scores[i]), **extras(i),
              "finished": bool(samples.finished[i]), "best": i in is_best}
             for i in range(len(samples.completions))])
@@ -317,24 +292,23 @@ def train_on_winners(cfg: BoNConfig, policy_path: str, best_path: Path, out: Pat
 # ---------------------------------------------------------------- the loop
 
 
-def run_round(iteration: int, policy, tokenizer, prompts: list[PromptOnly], reward: RewardSource,
+def run_round(iteration: int, policy, tokenizer, prompts: PromptSet, reward: RewardSource,
               eval_source: RewardSource | None, cfg: BoNConfig, out: Path) -> tuple[dict, Path]:
     """One best-of-n round: sample, score, select, write. Returns its metrics and the best.jsonl path."""
     n = cfg.bon.n
-    prompts = round_prompts(prompts, cfg.bon.max_prompts, iteration)
     # 1. sample n completions per prompt from the current policy
     engine = make_engine(policy, tokenizer, backend=cfg.bon.backend, batch_size=cfg.bon.generation_batch_size)
-    samples = generate(engine, [prompt_text(p.prompt, tokenizer) for p in prompts], cfg, iteration)
+    samples = generate(engine, prompts, round_indices(len(prompts), cfg.bon.max_prompts, iteration), cfg,
+                       iteration)
     # 2. score every sample; the eval reward (e.g. gold) only measures, it never selects
-    columns = sample_columns(prompts, n)
-    scores = score(reward, samples, columns, "the reward")
-    evals = score(eval_source, samples, columns, "bon.eval_reward") if eval_source is not None else None
+    scores = score(reward, samples, "the reward")
+    evals = score(eval_source, samples, "bon.eval_reward") if eval_source is not None else None
     # 3. keep each prompt's best (ties -> first sample), then RAFT's optional filters over the round
     best = select_best(scores, n)  # (P,)
     kept = keep_winners(best, scores, cfg.bon)
     # 4. write the winners (SFT data) and every sample
     out.mkdir(parents=True, exist_ok=True)
-    best_path = write_round(out, prompts, samples, scores, evals, best, kept, cfg.bon.save_samples)
+    best_path = write_round(out, samples, scores, evals, best, kept, cfg.bon.save_samples)
     return round_metrics(samples, scores, evals, best, kept, n), best_path
 
 
@@ -357,7 +331,8 @@ def main(cfg: BoNConfig) -> dict:
     resume_point(run, False)  # refuse a directory that already holds a run
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    prompts = load_prompts(cfg, tokenizer)
+    limit = cfg.data.max_prompt_length or min(tokenizer.model_max_length, 10**6)
+    prompts = load_prompts(cfg.data, tokenizer, max_prompt_length=limit)
     reward = build_reward(cfg.reward)
     eval_source = build_reward(RewardSourceConfig(sources=cfg.bon.eval_reward)) if cfg.bon.eval_reward else None
     run.save_config(cfg)

@@ -109,7 +109,7 @@ def test_raft_two_rounds_trains_on_winners(tiny_model_dir, files, tmp_path):
     main(cfg)
     rounds = jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rounds] == [1, 2]
-    # round 2 samples from the policy fine-tuned on round 1's winners: more e's (seeds 0-5 all rise 0.3-0.4)
+    # round 2 samples from the policy fine-tuned on round 1's winners: more e's (seeds 0-5 rise 0.2-0.45)
     assert rounds[1]["score/mean"] > rounds[0]["score/mean"] + 0.1, rounds
     for k in (1, 2):
         assert len(jsonl(out / f"iter-{k}" / "best.jsonl")) == 6
@@ -139,23 +139,21 @@ def test_cli_with_example_config(tiny_model_dir, files, tmp_path):
     assert len(jsonl(out / "best.jsonl")) == 3 and "eval/best" in jsonl(out / "metrics.jsonl")[0]
 
 
-def test_chat_prompts_and_prompt_length_limit(tiny_model_dir, files, tmp_path):
+def test_chat_prompts_and_prompt_length_limit(tiny_model_dir, tiny_tokenizer, files, tmp_path):
     _, rewards = files
     data = tmp_path / "chat.jsonl"
     long = "the movie was great and the acting was wonderful " * 4
-    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}], "bonus": 1}) + "\n"
-                            for p in ("the movie was", "what is", long)))
+    chats = [[{"role": "user", "content": p}] for p in ("the movie was", "what is", long)]
+    data.write_text("".join(json.dumps({"prompt": c, "bonus": 1}) + "\n" for c in chats))
     cfg = config(tiny_model_dir, data, rewards, tmp_path / "chat", n=2)
     cfg.data.max_prompt_length = 24
     metrics = main(cfg)
     best = jsonl(tmp_path / "chat" / "best.jsonl")
-    assert metrics["prompts"] == 2 and [r["prompt"][0]["content"] for r in best] == ["the movie was", "what is"]
-    examples = normalize(read_rows(tmp_path / "chat" / "best.jsonl"), "sft")  # chat prompt + text completion
-    assert len(examples) == 2 and examples[0].prompt == [{"role": "user", "content": "the movie was"}]
-    cfg = config(tiny_model_dir, data, rewards, tmp_path / "none", n=2)
-    cfg.data.max_prompt_length = 2
-    with pytest.raises(DataError, match="every prompt is longer than data.max_prompt_length=2"):
-        main(cfg)
+    rendered = [tiny_tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    assert metrics["prompts"] == 3 and [r["prompt"] for r in best[:2]] == rendered[:2]  # what the policy saw
+    assert len(tiny_tokenizer(best[2]["prompt"])["input_ids"]) <= 26 < len(tiny_tokenizer(rendered[2])["input_ids"])
+    assert best[2]["prompt"].endswith(rendered[2][-20:])  # a long prompt keeps its end
+    assert len(normalize(read_rows(tmp_path / "chat" / "best.jsonl"), "sft")) == 3
 
 
 def test_bad_input_errors(tiny_model_dir, files, tmp_path, capsys):
@@ -200,5 +198,5 @@ def test_gold_reward_of_best_of_n_rises_with_n(tiny_path, tmp_path):
             reward=RewardSourceConfig(sources=["lab:sentiment-gold"]),
             bon=BoNOptions(n=n, max_prompts=16, max_new_tokens=16, generation_batch_size=96), seed=0)
         gold[n] = main(resolve_names(cfg))["score/best"]
-    assert gold[1] < gold[4] < gold[16], gold  # seeds 0-3 measured: about 0.55 < 0.75 < 0.91
+    assert gold[1] < gold[4] < gold[16], gold  # seeds 0-3 measured: 0.41-0.57 < 0.74-0.85 < 0.89-0.94
     assert gold[16] - gold[1] > 0.2, gold  # not a rounding-error rise: the gold reward lies in [0, 1]
