@@ -16,6 +16,7 @@ from types import ModuleType
 EXPERIMENTS: dict[str, str] = {
     "pm-vs-imitation": "alignlab.lab.experiments.pm_vs_imitation",
     "preference-losses": "alignlab.lab.experiments.preference_losses",
+    "overoptimization": "alignlab.lab.experiments.overoptimization",
 }
 """Experiment name -> module."""
 

@@ -48,13 +48,18 @@ def pair_files(out: Path, policy: Path, *, train: int, held_out: int, seed: int,
 
 
 @torch.no_grad()
-def evaluate_policy(policy, reference, tokenizer, *, prompts: int, seed: int, max_new_tokens: int = 24) -> dict:
-    """Sample one completion per sentiment prompt at temperature 1: mean gold reward, mean KL(policy || ref)."""
+def evaluate_policy(policy, reference, tokenizer, *, prompts: int, seed: int, max_new_tokens: int = 24,
+                    proxy=None) -> dict:
+    """Sample one completion per sentiment prompt at temperature 1: mean gold reward, mean KL(policy || ref),
+    and the mean score of a `proxy` reward source (e.g. a trained RM) when given."""
     texts = sentiment.prompts(prompts, seed=seed + 20_000)
     rollouts = make_engine(policy, tokenizer).generate(texts, 1, Sampling(max_new_tokens=max_new_tokens), seed=seed)
     gold = sentiment.gold_reward([p + c for p, c in zip(rollouts.prompts, rollouts.completions)])
     kl = sequence_kl(policy, reference, rollouts.batch())
-    return {"gold": sum(gold) / len(gold), "kl": float(kl.mean()), "samples": rollouts.completions[:4]}
+    result = {"gold": sum(gold) / len(gold), "kl": float(kl.mean()), "samples": rollouts.completions[:4]}
+    if proxy is not None:
+        result["proxy"] = float(proxy.score(rollouts.prompts, rollouts.completions).mean())
+    return result
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -81,3 +86,31 @@ def line_plot(path: Path, series: dict[str, tuple[list, list]], *, xlabel: str, 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def train_rm(out: Path, data: Path, *, policy: Path, rows: int | None, epochs: int, batch: int, seed: int,
+             progress: bool, objective: str = "bradley_terry", ensemble_size: int = 1, lr: float = 1e-3) -> Path:
+    """A reward model (`alignlab rm`) from `policy` on the first `rows` pairs of `data`, whitened on its
+    training pairs; returns its directory."""
+    from alignlab.recipes import reward
+
+    n = rows or sum(1 for _ in Path(data).open())
+    cfg = reward.RewardConfig(
+        model=ModelConfig(path=str(policy)),
+        data=DataConfig(dataset=str(data), max_length=64, eval_fraction=0.0, max_rows=rows),
+        optim=OptimConfig(lr=lr, batch_size=batch, max_steps=max(1, epochs * n // batch), scheduler="linear"),
+        log=LogConfig(output_dir=str(out), save_every=0, tensorboard=False, progress=progress),
+        rm=reward.RewardOptions(objective=objective, ensemble_size=ensemble_size,
+                                normalize_on="none" if objective == "imitation" else "train"),
+        seed=seed)
+    reward.main(cfg)
+    return out
+
+
+def checkpoint_curve(run_dir: Path, reference, tokenizer, *, prompts: int, seed: int, proxy=None) -> list[dict]:
+    """Gold reward, KL to `reference` (and the `proxy` source's score) of every checkpoint of a run, by step."""
+    points = []
+    for path in sorted((Path(run_dir) / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        result = evaluate_policy(load_model(str(path)), reference, tokenizer, prompts=prompts, seed=seed, proxy=proxy)
+        points.append({"step": int(path.name.split("-")[1]), **{k: v for k, v in result.items() if k != "samples"}})
+    return points

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
 from alignlab.data import normalize, tokenize_sft
 from alignlab.eval.reward import best_of_n_curve
 from alignlab.lab.base import tiny_model_path
 from alignlab.lab.experiments import Check, Context, Outcome
-from alignlab.lab.experiments.common import line_plot, pair_files
+from alignlab.lab.experiments.common import line_plot, pair_files, train_rm
 from alignlab.lab.tasks import sentiment
 from alignlab.models import load_model, load_tokenizer
-from alignlab.recipes import reward, reward_eval
+from alignlab.recipes import reward_eval
 from alignlab.rollout import Sampling, make_engine
 
 PAPER = "Askell et al. 2021, A General Language Assistant as a Laboratory for Alignment (arXiv:2112.00861), §4"
@@ -36,17 +35,10 @@ SCALES = {
 
 
 def train(ctx: Context, objective: str, data, n: int) -> str:
-    s, out = ctx.settings, ctx.work / f"{objective}-{n}"
-    lr = 3e-4 if objective == "imitation" else 1e-3
-    cfg = reward.RewardConfig(
-        model=ModelConfig(path=str(tiny_model_path())),
-        data=DataConfig(dataset=str(data), max_length=64, eval_fraction=0.0, max_rows=n),
-        optim=OptimConfig(lr=lr, batch_size=s["batch"], max_steps=max(1, s["epochs"] * n // s["batch"]),
-                          scheduler="linear"),
-        log=LogConfig(output_dir=str(out), save_every=0, tensorboard=False, progress=ctx.progress),
-        rm=reward.RewardOptions(objective=objective, normalize_on="none"), seed=ctx.seed)
-    reward.main(cfg)
-    return str(out)
+    s = ctx.settings
+    return str(train_rm(ctx.work / f"{objective}-{n}", data, policy=tiny_model_path(), rows=n, epochs=s["epochs"],
+                        batch=s["batch"], seed=ctx.seed, progress=ctx.progress, objective=objective,
+                        lr=3e-4 if objective == "imitation" else 1e-3))
 
 
 def samples_per_prompt(ctx: Context) -> tuple[list[dict], torch.Tensor]:
