@@ -14,9 +14,14 @@ from pathlib import Path
 from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
-    "pm-vs-imitation": "alignlab.lab.experiments.pm_vs_imitation",
-    "preference-losses": "alignlab.lab.experiments.preference_losses",
+    "instructgpt": "alignlab.lab.experiments.instructgpt",
+    "dpo-frontier": "alignlab.lab.experiments.dpo_frontier",
     "overoptimization": "alignlab.lab.experiments.overoptimization",
+    "hh-sqrt-kl": "alignlab.lab.experiments.hh_sqrt_kl",
+    "pm-vs-imitation": "alignlab.lab.experiments.pm_vs_imitation",
+    "rl-algorithms": "alignlab.lab.experiments.rl_algorithms",
+    "preference-losses": "alignlab.lab.experiments.preference_losses",
+    "rm-ensembles": "alignlab.lab.experiments.rm_ensembles",
 }
 """Experiment name -> module."""
 

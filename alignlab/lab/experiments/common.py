@@ -20,11 +20,11 @@ from alignlab.recipes import sft
 from alignlab.rollout import Sampling, make_engine
 
 
-def sft_policy(out: Path, *, steps: int, seed: int, progress: bool) -> Path:
-    """The lab tiny base model fine-tuned on `lab:sentiment-sft` for `steps` steps; returns its directory."""
+def sft_policy(out: Path, *, steps: int, seed: int, progress: bool, dataset: str = "sentiment-sft") -> Path:
+    """The lab tiny base model fine-tuned on a lab SFT dataset for `steps` steps; returns its directory."""
     cfg = sft.SFTConfig(
         model=ModelConfig(path=str(tiny_model_path())),
-        data=DataConfig(dataset=str(dataset_path("sentiment-sft")), max_length=64, eval_fraction=0.0),
+        data=DataConfig(dataset=str(dataset_path(dataset)), max_length=64, eval_fraction=0.0),
         optim=OptimConfig(lr=1e-3, batch_size=32, max_steps=steps, warmup_steps=min(10, steps // 4)),
         log=LogConfig(output_dir=str(out), log_every=10, save_every=0, tensorboard=False, progress=progress),
         seed=seed)
@@ -114,3 +114,47 @@ def checkpoint_curve(run_dir: Path, reference, tokenizer, *, prompts: int, seed:
         result = evaluate_policy(load_model(str(path)), reference, tokenizer, prompts=prompts, seed=seed, proxy=proxy)
         points.append({"step": int(path.name.split("-")[1]), **{k: v for k, v in result.items() if k != "samples"}})
     return points
+
+
+def train_ppo(out: Path, policy: Path, sources: list[str], *, steps: int, save_every: int, seed: int,
+              progress: bool, critic_path: Path | None = None, kl_coef: float = 0.01, kl_target: float | None = None,
+              combine: str = "sum", lr: float = 3e-4, prompts_per_step: int = 16) -> Path:
+    """PPO (`alignlab ppo`) from `policy` on the sentiment prompts against the reward `sources` (e.g.
+    `rm:DIR`), every `save_every` steps a checkpoint kept; returns the run directory."""
+    from alignlab.config import RolloutConfig
+    from alignlab.recipes import ppo
+    from alignlab.rewards import RewardSourceConfig
+
+    cfg = ppo.PPOConfig(
+        model=ModelConfig(path=str(policy)),
+        data=DataConfig(dataset=str(dataset_path("sentiment-prompts")), eval_fraction=0.0),
+        optim=OptimConfig(lr=lr, max_steps=steps, scheduler="constant"),
+        log=LogConfig(output_dir=str(out), save_every=save_every, keep_checkpoints=0, tensorboard=False,
+                      progress=progress),
+        rollout=RolloutConfig(prompts_per_step=prompts_per_step, group_size=1, max_new_tokens=24),
+        reward=RewardSourceConfig(sources=sources, combine=combine),
+        ppo=ppo.PPOOptions(critic_path=None if critic_path is None else str(critic_path), kl_coef=kl_coef,
+                           kl_target=kl_target), seed=seed)
+    ppo.main(cfg)
+    return out
+
+
+def scatter_plot(path: Path, series: dict[str, tuple[list, list]], *, lines: dict[str, tuple[list, list]],
+                 xlabel: str, ylabel: str, title: str) -> Path:
+    """One PNG with a scatter per series and a step line per entry of `lines`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.scatter(xs, ys, label=label, s=18)
+    for label, (xs, ys) in lines.items():
+        ax.step(xs, ys, where="post", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

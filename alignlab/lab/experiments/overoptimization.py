@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, RolloutConfig
+from alignlab.config import DataConfig, LogConfig, ModelConfig
 from alignlab.eval.best_of_n import bon_kl
 from alignlab.lab.datasets import dataset_path
 from alignlab.lab.experiments import Check, Context, Outcome
@@ -22,12 +22,13 @@ from alignlab.lab.experiments.common import (
     line_plot,
     pair_files,
     sft_policy,
+    train_ppo,
     train_rm,
 )
 from alignlab.lab.experiments.fits import fit_bon, fit_rl
 from alignlab.lab.rewards import LAB_REWARDS
 from alignlab.models import load_model, load_tokenizer
-from alignlab.recipes import best_of_n, ppo
+from alignlab.recipes import best_of_n
 from alignlab.rewards import RewardSourceConfig, build_reward
 
 PAPER = "Gao, Schulman, Hilton 2022, Scaling Laws for Reward Model Overoptimization (arXiv:2210.10760)"
@@ -61,18 +62,10 @@ def best_of_n_curve(ctx: Context, sft_path, rm_path, name: str) -> dict:
 
 
 def ppo_curve(ctx: Context, sft_path, rm_path) -> list[dict]:
-    """PPO against the proxy RM; gold, proxy and KL to the SFT policy of every saved checkpoint."""
-    s, out = ctx.settings, ctx.work / "ppo"
-    cfg = ppo.PPOConfig(
-        model=ModelConfig(path=str(sft_path)),
-        data=DataConfig(dataset=str(dataset_path("sentiment-prompts")), eval_fraction=0.0),
-        optim=OptimConfig(lr=3e-4, max_steps=s["ppo_steps"], scheduler="constant"),
-        log=LogConfig(output_dir=str(out), save_every=s["ppo_save_every"], keep_checkpoints=0, tensorboard=False,
-                      progress=ctx.progress),
-        rollout=RolloutConfig(prompts_per_step=16, group_size=1, max_new_tokens=24),
-        reward=RewardSourceConfig(sources=[f"rm:{rm_path}"]),
-        ppo=ppo.PPOOptions(critic_path=str(rm_path), kl_coef=0.01), seed=ctx.seed)
-    ppo.main(cfg)
+    """PPO against the proxy RM; gold, proxy and KL to the SFT policy at the start and at every checkpoint."""
+    s = ctx.settings
+    out = train_ppo(ctx.work / "ppo", sft_path, [f"rm:{rm_path}"], steps=s["ppo_steps"],
+                    save_every=s["ppo_save_every"], seed=ctx.seed, progress=ctx.progress, critic_path=rm_path)
     reference, tokenizer = load_model(str(sft_path)), load_tokenizer(str(sft_path))
     proxy = build_reward(RewardSourceConfig(sources=[f"rm:{rm_path}"]))
     start = evaluate_policy(reference, reference, tokenizer, prompts=s["eval_prompts"], seed=ctx.seed, proxy=proxy)
