@@ -1,17 +1,41 @@
 """Generation engines behind one protocol: `generate(prompts, n, sampling) -> Rollouts`."""
 
+import logging
+
+from alignlab.errors import ConfigError
 from alignlab.rollout.base import RolloutEngine, Rollouts, Sampling
 from alignlab.rollout.hf import HFEngine
+from alignlab.rollout.native import NativeEngine, native_unsupported_reason
 
-BACKENDS = ("auto", "hf")
+BACKENDS = ("auto", "native", "hf", "vllm")
+
+logger = logging.getLogger("alignlab")
 
 
 def make_engine(model, tokenizer, *, backend: str = "auto", batch_size: int = 64) -> RolloutEngine:
-    """The generation engine for `model`: `hf` (transformers `generate`, the reference); `auto` picks the
-    fastest one available."""
-    if backend in ("auto", "hf"):
+    """The generation engine for `model`.
+
+    backend: `auto` = `native` (alignlab's batched decode loop, `NativeEngine`) when the model supports it, else
+    `hf` with the reason logged; `native` (error if unsupported); `hf` (transformers `generate`, the reference);
+    `vllm` (`VLLMEngine`, needs `pip install alignlab[vllm]` and a GPU).
+    """
+    if backend == "auto":
+        reason = native_unsupported_reason(model)
+        if reason is None:
+            return NativeEngine(model, tokenizer, batch_size=batch_size)
+        logger.info("rollout backend auto: using transformers generate (hf) because NativeEngine cannot run "
+                    "%s: %s", type(model).__name__, reason)
         return HFEngine(model, tokenizer, batch_size=batch_size)
-    raise ValueError(f"unknown rollout backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "native":
+        return NativeEngine(model, tokenizer, batch_size=batch_size)
+    if backend == "hf":
+        return HFEngine(model, tokenizer, batch_size=batch_size)
+    if backend == "vllm":
+        from alignlab.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, batch_size=batch_size)
+    raise ConfigError(f"unknown rollout backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "HFEngine", "RolloutEngine", "Rollouts", "Sampling", "make_engine"]
+__all__ = ["BACKENDS", "HFEngine", "NativeEngine", "RolloutEngine", "Rollouts", "Sampling", "make_engine",
+           "native_unsupported_reason"]

@@ -1,0 +1,98 @@
+"""A fused one-token decode step for Llama-family models (Llama, Mistral without sliding window, Qwen2).
+
+The same arithmetic as the transformers modules (RMSNorm in float32, rotary embedding from the model's own
+`rotary_emb`, so every rope scaling type is covered, grouped-query SDPA, SiLU-gated MLP), written as a few
+tensor ops per layer on packed weights: q|k|v in one matmul, gate|up in one, each weight stored transposed
+(in, out) and contiguous, so a decode step runs 4 matmuls per layer instead of 7 and none of the module-call,
+mask-building and output-capturing machinery of a transformers forward. On CPU this is most of the decode time
+of small models (shared/PERF-NOTES.md point 3). Prefill still runs the model's own forward.
+
+The packed weights are a copy made at the start of each `generate` call and dropped at its end (the policy
+changes between calls in RL): one extra copy of the linear weights while generating. Models with anything else
+in their layers (LoRA, quantized linears, QK-norm, biases on the MLP) are refused by `fused_unsupported_reason`
+and decode through the generic path, which calls the model's forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+def fused_unsupported_reason(model: nn.Module) -> str | None:
+    """Why `FusedDecoder` cannot run `model` (an unwrapped transformers model), or None."""
+    name = type(model).__name__
+    if name not in SUPPORTED:
+        return f"{name} is not one of {SUPPORTED}"
+    cfg = model.config
+    if getattr(cfg, "hidden_act", "silu") != "silu" or (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
+        return "hidden_act is not silu or pretraining_tp != 1"
+    if getattr(cfg, "mlp_bias", False):
+        return "MLP biases"
+    if type(model.lm_head) is not nn.Linear or model.lm_head.bias is not None:
+        return "the LM head is not a plain bias-free nn.Linear"
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not nn.Linear for m in linears):
+            return "a layer's projections are not plain nn.Linear (LoRA, quantized)"
+        if attn.o_proj.bias is not None or any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
+            return "output-projection bias or QK-norm"
+        if getattr(attn, "sliding_window", None):
+            return "sliding-window attention"
+    return None
+
+
+class FusedDecoder:
+    """Packed weights of one model and its decode step."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        cfg, first = model.config, model.model.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.layers = []
+        with torch.no_grad():
+            for layer in model.model.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+                bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv])
+                self.layers.append((
+                    layer.input_layernorm, torch.cat([m.weight for m in qkv]).t().contiguous(), bias,
+                    attn.o_proj.weight.t().contiguous(), layer.post_attention_layernorm,
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
+                    mlp.down_proj.weight.t().contiguous(),
+                ))
+            self.head = model.lm_head.weight.t().contiguous()  # (H, V)
+
+    @staticmethod
+    def _rms(norm: nn.Module, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return norm.weight * x32.to(x.dtype)
+
+    def step(self, tokens: Tensor, positions: Tensor, bias: Tensor, cache) -> Tensor:
+        """Logits (A, V) of the token after `tokens` (A,) at `positions` (A, 1); `bias` (A, 1, 1, L) additive
+        attention mask over the cache + this token; `cache` a `SlabCache` filled by the prefill."""
+        inner = self.model.model
+        rows, dim, n_q, n_kv = tokens.shape[0], self.head_dim, self.n_heads, self.n_kv
+        x = inner.embed_tokens(tokens)  # (A, H)
+        cos, sin = inner.rotary_emb(x, positions)  # (A, 1, D) each
+        half = dim // 2
+        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gu, w_down) in enumerate(self.layers):
+            h = self._rms(norm1, x)
+            qkv = torch.mm(h, w_qkv) if b_qkv is None else torch.addmm(b_qkv, h, w_qkv)  # (A, (Hq + 2 Hkv) D)
+            q, k, v = qkv.view(rows, n_q + 2 * n_kv, 1, dim).split([n_q, n_kv, n_kv], dim=1)  # (A, heads, 1, D)
+            q = q * cos[:, None] + torch.cat([-q[..., half:], q[..., :half]], dim=-1) * sin[:, None]
+            k = k * cos[:, None] + torch.cat([-k[..., half:], k[..., :half]], dim=-1) * sin[:, None]
+            keys, values = cache.layers[i].update(k, v)  # (A, Hkv, L, D)
+            # query heads of one kv head attend to the same keys: fold them into the query length (no repeat)
+            q = q.reshape(rows, n_kv, n_q // n_kv, dim)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # (A, Hkv, G, D)
+            x = x + torch.mm(out.reshape(rows, n_q * dim), w_o)
+            gate, up = torch.mm(self._rms(norm2, x), w_gu).chunk(2, dim=-1)
+            x = x + torch.mm(F.silu(gate) * up, w_down)
+        return torch.mm(self._rms(inner.norm, x), self.head)  # (A, V)
