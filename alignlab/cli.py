@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dpo": ("alignlab.recipes.preference", "PreferenceConfig", "DPO family: DPO, IPO, KTO, ORPO, SimPO, ..."),
     "rm": ("alignlab.recipes.reward", "RewardConfig", "reward model: Bradley-Terry, K-wise, ensembles, gating, PRM"),
     "eval rm": ("alignlab.recipes.reward_eval", "RewardEvalConfig", "evaluate a reward model: accuracy, ECE, acc@k"),
+    "ppo": ("alignlab.recipes.ppo", "PPOConfig", "PPO (RLHF): policy + critic, KL-shaped reward, GAE, adaptive KL"),
     "bon": ("alignlab.recipes.best_of_n", "BoNConfig", "best-of-n sampling against a reward; RAFT (--bon.iterations)"),
     "demo": ("alignlab.lab.demo", "DemoConfig", "the lab demo on the built-in tiny model"),
     "lab list": ("alignlab.lab.experiments.listing", "LabListConfig", "list the lab's paper reproductions"),

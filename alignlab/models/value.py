@@ -8,7 +8,7 @@
     head = ValueHead.for_policy(policy)                         # a value head sharing the policy's backbone
     with capture_hidden(policy) as hidden:                      # one forward gives log-probs and values
         lp = compute_logprobs(policy, batch)
-    values = head.token_values(hidden[0], batch["response_mask"])
+    values = head(hidden[0], batch["response_mask"])
 
 Alignment: like log-probs, `values[b, t]` belongs to response token t and is the value of the state that
 generates it, the prefix `input_ids[b, :t]`; it is read from the hidden state at position t - 1
@@ -200,13 +200,15 @@ class ValueHead(nn.Module):
         emb = policy.get_input_embeddings().weight
         return cls(emb.shape[1]).to(device=emb.device, dtype=emb.dtype)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(B, T, H) hidden states -> (B, T) per-position outputs (not yet shifted to tokens)."""
-        return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
+    def forward(self, hidden: Tensor, response_mask: Tensor | None = None) -> Tensor:
+        """(B, T, H) hidden states -> (B, T) outputs per position; with `response_mask`, the values of the
+        response tokens (read at t - 1, float32, 0 off the mask). Call the module (also when DDP-wrapped)."""
+        out = self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
+        return out if response_mask is None else _shift(out, response_mask)
 
     def token_values(self, hidden: Tensor, response_mask: Tensor) -> Tensor:
         """(B, T) float32 values of the response tokens (read at t - 1), 0 off `response_mask`."""
-        return _shift(self(hidden), response_mask)
+        return self(hidden, response_mask)
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
