@@ -6,9 +6,9 @@
     save_value_model(critic, tok, "runs/ppo/critic")            # AutoModelForTokenClassification loads it
 
     head = ValueHead.for_policy(policy)                         # a value head sharing the policy's backbone
-    with capture_hidden(policy) as hidden:                      # one forward gives log-probs and values
-        lp = compute_logprobs(policy, batch)
-    values = head(hidden[0], batch["response_mask"])
+    lp, values = logprobs_and_values(policy, batch, head=head)  # one forward: log-probs (+ entropy), values
+    lp, values = logprobs_and_values(policy, batch, critic=critic)          # the same with a value model
+    values, old = rollout_values(rollouts.batch(), policy=policy, head=head)   # no grad, chunked, on the CPU
 
 Alignment: like log-probs, `values[b, t]` belongs to response token t and is the value of the state that
 generates it, the prefix `input_ids[b, :t]`; it is read from the hidden state at position t - 1
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.errors import ConfigError
+from alignlab.models.logprobs import LogProbs, compute_logprobs
 from alignlab.models.reward import BIAS_KEY, GAIN_KEY, _load_head_model
 
 HEAD_FILE = "value_head.safetensors"
@@ -228,3 +229,55 @@ class ValueHead(nn.Module):
         head = cls(json.loads((path / "value_head.json").read_text())["hidden_size"])
         head.load_state_dict(load_file(str(path / HEAD_FILE)))
         return head
+
+
+# ---------------------------------------------------------------- PPO forwards
+
+
+def logprobs_and_values(policy: nn.Module, batch: dict, *, critic: nn.Module | None = None,
+                        head: nn.Module | None = None, temperature: float = 1.0,
+                        grad: bool = True) -> tuple[LogProbs, Tensor]:
+    """The policy's LogProbs (with entropy) of `batch` at `temperature`, and the values (B, T) of the critic:
+    from the same forward for a value `head`, else from the separate value model `critic`.
+
+    `grad=False` runs the policy without grad; the head or critic still gets gradients (critic warm-up).
+    """
+    if (critic is None) == (head is None):
+        raise ValueError("pass exactly one of critic (a value model) and head (a value head on the policy)")
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        with capture_hidden(policy) if head is not None else contextlib.nullcontext([]) as hidden:
+            lp = compute_logprobs(policy, batch, temperature=temperature, with_entropy=True)
+    values = head(hidden[0], batch["response_mask"]) if head is not None else token_values(critic, batch)
+    return lp, values
+
+
+@torch.no_grad()
+def rollout_values(batch: dict, *, policy: nn.Module | None = None, critic: nn.Module | None = None,
+                   head: nn.Module | None = None, temperature: float = 1.0, device="cpu",
+                   autocast=contextlib.nullcontext, batch_size: int = 64) -> tuple[Tensor, Tensor | None]:
+    """Rollout-time values (B, T) float32 on the CPU of a right-padded host batch (`input_ids`,
+    `attention_mask`, `response_mask`), in row chunks, eval mode; with a value `head` (and its `policy`) also
+    the policy's log-probs from the same forward, else None."""
+    rows = batch["input_ids"].shape[0]
+    values = torch.zeros(batch["input_ids"].shape)
+    logprobs = torch.zeros_like(values) if head is not None else None
+    models = [m for m in (policy, critic, head) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        for s in range(0, rows, batch_size):
+            chunk = {k: batch[k][s:s + batch_size] for k in ("input_ids", "attention_mask", "response_mask")}
+            width = int(chunk["attention_mask"].sum(-1).max())  # right-padded: trim the shared padding
+            chunk = {k: v[:, :width].to(device) for k, v in chunk.items()}
+            with autocast():
+                if head is not None:
+                    lp, v = logprobs_and_values(policy, chunk, head=head, temperature=temperature)
+                    logprobs[s:s + batch_size, :width] = lp.logprobs.float().cpu()
+                else:
+                    v = token_values(critic, chunk)
+            values[s:s + batch_size, :width] = v.float().cpu()
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return values, logprobs

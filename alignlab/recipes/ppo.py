@@ -24,7 +24,6 @@ value head that shares the policy's backbone; there is no pretraining-gradient m
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -39,9 +38,9 @@ from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, Rol
 from alignlab.errors import ConfigError
 from alignlab.losses import aggregate
 from alignlab.losses.pg import approx_kl, clipped_policy_loss, clipped_value_loss, kl_estimate
-from alignlab.models import compute_logprobs, load_tokenizer, model_from_config, save_model
+from alignlab.models import load_tokenizer, model_from_config, save_model
 from alignlab.models.reference import LiveReference, frozen_copy
-from alignlab.models.value import ValueHead, capture_hidden, load_value_model, save_value_model, token_values
+from alignlab.models.value import ValueHead, load_value_model, logprobs_and_values, rollout_values, save_value_model
 from alignlab.rewards import RewardSourceConfig, build_reward
 from alignlab.rollout import make_engine
 from alignlab.rollout.experience import (
@@ -213,49 +212,12 @@ def kl_controller(opts: PPOOptions):
 # ---------------------------------------------------------------- forwards
 
 
-def policy_forward(policy, head, batch: dict, temperature: float, *, grad: bool = True):
-    """The policy's LogProbs (with entropy) of `batch` at the sampling temperature, and the values (B, T) of
-    the value head from the same forward (None without a head). `grad=False` runs the policy without grad;
-    the head still gets gradients (critic warm-up of a shared-backbone critic)."""
-    with contextlib.nullcontext() if grad else torch.no_grad():
-        with capture_hidden(policy) if head is not None else contextlib.nullcontext([]) as hidden:
-            lp = compute_logprobs(policy, batch, temperature=temperature, with_entropy=True)
-    values = head(hidden[0], batch["response_mask"]) if head is not None else None
-    return lp, values
-
-
-@torch.no_grad()
-def rollout_values(exp, policy, critic, head, *, temperature: float, device, autocast, batch_size: int = 64):
-    """Rollout-time values (B, T) on the CPU; with a value head also the old log-probs from the same forward."""
-    values = torch.zeros(exp.rollouts.input_ids.shape)
-    old = torch.zeros_like(values) if head is not None else None
-    for model in (policy, critic, head):
-        if model is not None:
-            model.eval()
-    for s in range(0, len(exp), batch_size):
-        chunk = {k: v[s:s + batch_size] for k, v in exp.rollouts.batch().items()}
-        width = int(chunk["attention_mask"].sum(-1).max())
-        chunk = to_device({k: v[:, :width] for k, v in chunk.items()}, device)
-        with autocast():
-            if head is not None:
-                lp, v = policy_forward(policy, head, chunk, temperature)
-                old[s:s + batch_size, :width] = lp.logprobs.float().cpu()
-            else:
-                v = token_values(critic, chunk)
-        values[s:s + batch_size, :width] = v.float().cpu()
-    for model in (policy, critic, head):
-        if model is not None:
-            model.train()
-    return values, old
-
-
 def ppo_losses(policy, critic, head, micro: dict, cfg: PPOConfig, num_tokens, train_policy: bool) -> dict:
     """Losses (`loss` to backpropagate) and per-minibatch diagnostics of one micro-batch."""
     mask, mode = micro["response_mask"], cfg.ppo.aggregate
     kw = dict(mode=mode, num_tokens=num_tokens if mode == "token_mean" else None)
-    lp, values = policy_forward(policy, head, micro, cfg.rollout.temperature, grad=train_policy)
-    if values is None:
-        values = token_values(critic, micro)
+    lp, values = logprobs_and_values(policy, micro, critic=critic, head=head, temperature=cfg.rollout.temperature,
+                                     grad=train_policy)
     pg_token, clipped = clipped_policy_loss(lp.logprobs, micro["old_logprobs"], micro["advantages"],
                                             clip_eps=cfg.ppo.clip_eps)
     vf_token = clipped_value_loss(values, micro["values"], micro["returns"], clip_eps=cfg.ppo.value_clip_eps)
@@ -315,13 +277,13 @@ def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, acc
     return {k: v / n for k, v in sums.items()}
 
 
-def ppo_step(models, optimizers, exp, cfg: PPOConfig, state: dict, accelerator) -> dict:
+def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, accelerator) -> dict:
     """Steps 2-7 on a collected experience; returns the step's metrics (tensors)."""
     policy, critic, head, controller, running = models
     device, autocast = accelerator.device, accelerator.autocast
     # 4. values (and, with a value head, the old log-probs from the same forward)
-    values, old = rollout_values(exp, policy, critic, head, temperature=cfg.rollout.temperature, device=device,
-                                 autocast=autocast)
+    values, old = rollout_values(exp.rollouts.batch(), policy=policy, critic=critic, head=head, device=device,
+                                 temperature=cfg.rollout.temperature, autocast=autocast)
     if old is not None:
         exp.old_logprobs = old
     # 2-3. score normalization, EOS penalty, KL-shaped per-token rewards
@@ -336,13 +298,16 @@ def ppo_step(models, optimizers, exp, cfg: PPOConfig, state: dict, accelerator) 
     # 6. K epochs x M minibatches
     train_policy = state["step"] >= cfg.ppo.critic_warmup_steps
     stats = update(policy, critic, head, optimizers, exp, cfg, state["step"], accelerator, train_policy)
+    lr = schedulers[0].get_last_lr()[0]  # the rate this step used; the policy's schedule starts after warm-up
+    for scheduler in schedulers[0 if train_policy else 1:]:
+        scheduler.step()
     # 7. KL controller: mean sequence KL of this batch, over all processes
     seq_kl = exp.tensors["seq_kl"].mean()
     if accelerator.num_processes > 1:
         seq_kl = accelerator.reduce(seq_kl.to(device), reduction="mean").cpu()
     kl_coef, n_tokens = controller.value, mask.sum().clamp(min=1)
     controller.update(float(seq_kl), len(exp) * accelerator.num_processes)
-    return {**rollout_metrics(exp), **stats, "kl": seq_kl, "kl_coef": torch.tensor(kl_coef),
+    return {**rollout_metrics(exp), **stats, "lr": lr, "kl": seq_kl, "kl_coef": torch.tensor(kl_coef),
             "reward": (shaped["rewards"].sum(-1)).mean(), "score_normalized": shaped["scores"].mean(),
             "explained_variance": explained_variance(values, returns, mask),
             "value_mean": values.sum() / n_tokens, "return_mean": returns.sum() / n_tokens}
@@ -352,7 +317,8 @@ def ppo_step(models, optimizers, exp, cfg: PPOConfig, state: dict, accelerator) 
 
 
 def setup_models(cfg: PPOConfig, tokenizer, accelerator):
-    """Policy, frozen reference, critic (model or head) and their optimizers/schedulers, prepared."""
+    """Policy, frozen reference, critic (model or head), their optimizers/schedulers (prepared), and the
+    rollout engine sampling from the policy."""
     policy = model_from_config(cfg.model, tokenizer=tokenizer)
     if cfg.model.lora_r > 0:  # the LoRA base (adapters off) is the reference: no second copy
         reference = LiveReference(policy, adapters_off=True, autocast=accelerator.autocast)
@@ -368,25 +334,38 @@ def setup_models(cfg: PPOConfig, tokenizer, accelerator):
     schedulers = [make_scheduler(policy_opt, policy_steps), make_scheduler(critic_opt, critic_optim)]
     policy, policy_opt, value_module, critic_opt = accelerator.prepare(policy, policy_opt, value_module, critic_opt)
     critic, head = (value_module, None) if critic is not None else (None, value_module)
-    return policy, reference, critic, head, {"policy": policy_opt, "critic": critic_opt}, schedulers
+    engine = make_engine(unwrap(accelerator, policy), tokenizer, backend=cfg.rollout.backend)
+    return policy, reference, critic, head, {"policy": policy_opt, "critic": critic_opt}, schedulers, engine
 
 
-def restore(ckpt: Path, run: RunDir, models: tuple, optimizers: dict, schedulers: list, accelerator) -> dict:
-    """Load the critic's checkpoint of the same step, then the policy's (with RNG); return the saved state."""
-    policy, critic, head = models
-    critic_ckpt = run.path / CRITIC_DIR / "checkpoints" / ckpt.name
-    if not (critic_ckpt / "state.json").is_file():
-        raise ConfigError(f"{ckpt} has no matching critic checkpoint {critic_ckpt}: cannot resume")
-    load_checkpoint(critic_ckpt, model=unwrap(accelerator, critic if critic is not None else head),
-                    optimizer=optimizers["critic"], scheduler=schedulers[1], restore_rng=False)
-    return load_checkpoint(ckpt, model=unwrap(accelerator, policy), optimizer=optimizers["policy"],
-                           scheduler=schedulers[0])
+def resume(ckpt: Path | None, run: RunDir, cfg: PPOConfig, models: tuple, optimizers: dict, schedulers: list,
+           accelerator, n_prompts: int):
+    """Fresh or resumed loop state: (state, KL controller, running moments or None, prompt order). Resuming loads
+    the critic's checkpoint of the same step, then the policy's (with RNG)."""
+    state: dict = {"step": 0}
+    if ckpt is not None:
+        policy, critic, head = models
+        critic_ckpt = run.path / CRITIC_DIR / "checkpoints" / ckpt.name
+        if not (critic_ckpt / "state.json").is_file():
+            raise ConfigError(f"{ckpt} has no matching critic checkpoint {critic_ckpt}: cannot resume")
+        load_checkpoint(critic_ckpt, model=unwrap(accelerator, critic if critic is not None else head),
+                        optimizer=optimizers["critic"], scheduler=schedulers[1], restore_rng=False)
+        state = load_checkpoint(ckpt, model=unwrap(accelerator, policy), optimizer=optimizers["policy"],
+                                scheduler=schedulers[0])
+        run.truncate_metrics(state["step"])
+    controller = kl_controller(cfg.ppo)
+    if "kl" in state:
+        controller.load_state_dict(state["kl"])
+    running = RunningMoments(state.get("running")) if cfg.ppo.score_norm == "running" else None
+    return state, controller, running, PromptSampler(n_prompts, seed=cfg.seed, state=state.get("prompts"))
 
 
 def save(run: RunDir, step: int, models: tuple, optimizers: dict, schedulers: list, state: dict, tokenizer, cfg,
          accelerator) -> None:
     """Critic checkpoint first (`<run>/critic/checkpoints/step-N`), then the policy's, whose marker makes step N
-    the resume point: a crash between the two leaves the previous pair in charge."""
+    the resume point: a crash between the two leaves the previous pair in charge. Main process only."""
+    if not accelerator.is_main_process:
+        return
     policy, critic, head = models
     value_module = unwrap(accelerator, critic if critic is not None else head)
     save_checkpoint(run.path / CRITIC_DIR, step, model=value_module,
@@ -395,6 +374,16 @@ def save(run: RunDir, step: int, models: tuple, optimizers: dict, schedulers: li
     save_checkpoint(run, step, model=unwrap(accelerator, policy), tokenizer=tokenizer,
                     optimizer=optimizers["policy"], scheduler=schedulers[0], state=state,
                     keep=cfg.log.keep_checkpoints)
+
+
+def save_final(run: RunDir, models: tuple, tokenizer, accelerator) -> None:
+    """The trained policy at the run's top level and the critic in `critic/`, loadable by plain transformers."""
+    policy, critic, head = models
+    save_model(unwrap(accelerator, policy), tokenizer, run.path)
+    if critic is not None:
+        save_value_model(unwrap(accelerator, critic), tokenizer, run.path / CRITIC_DIR)
+    else:
+        unwrap(accelerator, head).save_pretrained(run.path / CRITIC_DIR)
 
 
 def main(cfg: PPOConfig) -> dict:
@@ -408,23 +397,12 @@ def main(cfg: PPOConfig) -> dict:
     prompts = load_prompts(cfg.data, tokenizer, max_prompt_length=cfg.rollout.max_prompt_length)
     reward = build_reward(cfg.reward)
     run.save_config(cfg)
-
-    policy, reference, critic, head, optimizers, schedulers = setup_models(cfg, tokenizer, accelerator)
+    policy, reference, critic, head, optimizers, schedulers, engine = setup_models(cfg, tokenizer, accelerator)
     models = (policy, critic, head)
-    state: dict = {"step": 0}
-    if ckpt is not None:
-        state = restore(ckpt, run, models, optimizers, schedulers, accelerator)
-        run.truncate_metrics(state["step"])
-    controller = kl_controller(cfg.ppo)
-    if "kl" in state:
-        controller.load_state_dict(state["kl"])
-    running = RunningMoments(state.get("running")) if cfg.ppo.score_norm == "running" else None
-    order = PromptSampler(len(prompts), seed=cfg.seed, state=state.get("prompts"))
-    engine = make_engine(unwrap(accelerator, policy), tokenizer, backend=cfg.rollout.backend)
-    sampling = sampling_of(cfg.rollout)
-    guard, meter = FiniteGuard(), Meter(device, state.get("meter"))
+    state, controller, running, order = resume(ckpt, run, cfg, models, optimizers, schedulers, accelerator,
+                                               len(prompts))
+    guard, meter, stopping, metrics = FiniteGuard(), Meter(device, state.get("meter")), False, {}
     progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and main_process)
-    stopping, metrics = False, {}
 
     with StopSignal() as stop:
         while state["step"] < cfg.optim.max_steps:
@@ -433,27 +411,21 @@ def main(cfg: PPOConfig) -> dict:
             engine.sync_weights(unwrap(accelerator, policy))
             indices = order.next(cfg.rollout.prompts_per_step, rank=accelerator.process_index,
                                  world=accelerator.num_processes)
-            exp = collect(engine, reward, prompts, indices, sampling, group_size=cfg.rollout.group_size,
+            exp = collect(engine, reward, prompts, indices, sampling_of(cfg.rollout), group_size=cfg.rollout.group_size,
                           seed=cfg.seed * 1_000_003 + state["step"] * 101 + accelerator.process_index,
                           policy=None if head is not None else unwrap(accelerator, policy), reference=reference,
                           autocast=accelerator.autocast)
             # 2.-7. (see ppo_step)
-            step_metrics = ppo_step((policy, critic, head, controller, running), optimizers, exp, cfg, state,
-                                    accelerator)
-            lr = schedulers[0].get_last_lr()[0]  # the rate this step used
-            schedulers[1].step()
-            if state["step"] >= cfg.ppo.critic_warmup_steps:  # the policy was updated
-                schedulers[0].step()
-            state["step"] += 1
-            step = state["step"]
-            loss = step_metrics.get("pg_loss", 0.0) + step_metrics["vf_loss"]
-            guard.record(step, loss, [prompts.rows[i] for i in indices])
+            step_metrics = ppo_step((policy, critic, head, controller, running), optimizers, schedulers, exp, cfg,
+                                    state, accelerator)
+            lr = step_metrics.pop("lr")
+            state["step"] = step = state["step"] + 1
+            guard.record(step, step_metrics["pg_loss"] + step_metrics["vf_loss"], [prompts.rows[i] for i in indices])
             meter.add({k: v.to(device) for k, v in step_metrics.items()}, tokens=int(exp.lengths.sum()))
             progress.update(step)
 
             # 8. log, samples, checkpoint
-            stopping = stop.requested
-            done = step >= cfg.optim.max_steps or stopping
+            done = (stopping := stop.requested) or step >= cfg.optim.max_steps
             if due(step, cfg.log.log_every, done):
                 guard.check()
                 metrics = {"step": step, **meter.flush(), "lr": lr}
@@ -463,20 +435,14 @@ def main(cfg: PPOConfig) -> dict:
                 write_samples(run, step, exp, extra={"kl": exp.tensors["seq_kl"]})
             if due(step, cfg.log.save_every, done):
                 guard.check()  # never write a checkpoint after a non-finite step
-                state.update(meter=meter.state_dict(), prompts=order.state_dict(), kl=controller.state_dict())
-                if running is not None:
-                    state["running"] = running.state_dict()
-                if main_process:
-                    save(run, step, models, optimizers, schedulers, state, tokenizer, cfg, accelerator)
+                state.update(meter=meter.state_dict(), prompts=order.state_dict(), kl=controller.state_dict(),
+                             **({"running": running.state_dict()} if running is not None else {}))
+                save(run, step, models, optimizers, schedulers, state, tokenizer, cfg, accelerator)
             if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
     progress.close()
     if main_process and not stopping:
-        save_model(unwrap(accelerator, policy), tokenizer, run.path)
-        if critic is not None:
-            save_value_model(unwrap(accelerator, critic), tokenizer, run.path / CRITIC_DIR)
-        else:
-            unwrap(accelerator, head).save_pretrained(run.path / CRITIC_DIR)
+        save_final(run, models, tokenizer, accelerator)
     run.close()
     return metrics
