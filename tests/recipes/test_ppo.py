@@ -112,15 +112,20 @@ def test_resume_matches_the_uninterrupted_run(tiny_model_dir, prompts, tmp_path)
     assert torch.allclose(wa, wb, atol=1e-5)
 
 
-def test_cli_runs_ppo_and_reports_bad_config(tiny_model_dir, prompts, tmp_path, capsys):
+def test_cli_runs_the_example_config_and_reports_bad_config(tiny_model_dir, prompts, tmp_path, capsys):
+    from pathlib import Path
+
     from alignlab import cli
 
+    example = Path(__file__).resolve().parents[2] / "examples" / "ppo.yaml"
     out = tmp_path / "cli"
-    args = ["ppo", "--model", str(tiny_model_dir), "--dataset", str(prompts), "--output-dir", str(out),
-            "--max-steps", "1", "--reward.sources", GOLD, "--rollout.prompts-per-step", "2",
+    args = ["ppo", "--config", str(example), "--model", str(tiny_model_dir), "--dataset", str(prompts),
+            "--output-dir", str(out), "--max-steps", "1", "--rollout.prompts-per-step", "2",
             "--rollout.max-new-tokens", "6", "--log.progress", "False", "--log.tensorboard", "False"]
     assert cli.main(args) == 0
     assert metrics(out)[-1]["step"] == 1 and (out / "model.safetensors").is_file()
+    saved = (out / "config.yaml").read_text()
+    assert "kl_target: 2.0" in saved and "sentiment_gold" in saved  # the example's values, lab: name resolved
     assert cli.main([*args, "--ppo.kl-target", "-1"]) == 1
     assert "ppo.kl_target must be > 0" in capsys.readouterr().err
 
