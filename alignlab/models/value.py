@@ -234,6 +234,23 @@ class ValueHead(nn.Module):
 # ---------------------------------------------------------------- PPO forwards
 
 
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability in `model` to 0, in place: `nn.Dropout` modules and the float
+    `*dropout` attributes attention layers read in train mode (e.g. Llama's `attention_dropout`).
+
+    PPO compares log-probs and values of the same tokens across forwards (old vs new, ratio = 1 at the first
+    update); dropout would make them differ by noise (Huang et al. 2024, arXiv:2403.17031, "disable dropout").
+    Train mode is kept so gradient checkpointing still applies.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if name.endswith("dropout") and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
+
+
 def logprobs_and_values(policy: nn.Module, batch: dict, *, critic: nn.Module | None = None,
                         head: nn.Module | None = None, temperature: float = 1.0,
                         grad: bool = True) -> tuple[LogProbs, Tensor]:

@@ -40,7 +40,14 @@ from alignlab.losses import aggregate
 from alignlab.losses.pg import approx_kl, clipped_policy_loss, clipped_value_loss, kl_estimate
 from alignlab.models import load_tokenizer, model_from_config, save_model
 from alignlab.models.reference import LiveReference, frozen_copy
-from alignlab.models.value import ValueHead, load_value_model, logprobs_and_values, rollout_values, save_value_model
+from alignlab.models.value import (
+    ValueHead,
+    disable_dropout,
+    load_value_model,
+    logprobs_and_values,
+    rollout_values,
+    save_value_model,
+)
 from alignlab.rewards import RewardSourceConfig, build_reward
 from alignlab.rollout import make_engine
 from alignlab.rollout.experience import (
@@ -173,8 +180,7 @@ class RunningMoments:
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
         """Fold `scores` (B,) into the moments, then whiten them with the updated moments."""
         n, mean, var = scores.numel(), float(scores.mean()), float(scores.var(unbiased=False))
-        total = self.count + n
-        delta = mean - self.mean
+        total, delta = self.count + n, mean - self.mean
         self.m2 += var * n + delta**2 * self.count * n / total
         self.mean += delta * n / total
         self.count = total
@@ -201,12 +207,6 @@ def build_critic(cfg: PPOConfig, policy, tokenizer):
                               tokenizer=tokenizer, seed=cfg.seed,
                               gradient_checkpointing=cfg.model.gradient_checkpointing)
     return critic, None
-
-
-def kl_controller(opts: PPOOptions):
-    if opts.kl_target is None:
-        return FixedKLController(opts.kl_coef)
-    return AdaptiveKLController(opts.kl_coef, target=opts.kl_target, horizon=opts.kl_horizon)
 
 
 # ---------------------------------------------------------------- forwards
@@ -319,13 +319,13 @@ def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, a
 def setup_models(cfg: PPOConfig, tokenizer, accelerator):
     """Policy, frozen reference, critic (model or head), their optimizers/schedulers (prepared), and the
     rollout engine sampling from the policy."""
-    policy = model_from_config(cfg.model, tokenizer=tokenizer)
+    policy = disable_dropout(model_from_config(cfg.model, tokenizer=tokenizer))
     if cfg.model.lora_r > 0:  # the LoRA base (adapters off) is the reference: no second copy
         reference = LiveReference(policy, adapters_off=True, autocast=accelerator.autocast)
     else:
         reference = LiveReference(frozen_copy(policy).to(accelerator.device), autocast=accelerator.autocast)
     critic, head = build_critic(cfg, policy, tokenizer)
-    value_module = critic if critic is not None else head
+    value_module = disable_dropout(critic if critic is not None else head)
     policy_opt = make_optimizer(policy, cfg.optim)
     critic_optim = dataclasses.replace(cfg.optim, lr=cfg.ppo.critic_lr)
     critic_opt = make_optimizer(value_module, critic_optim)
@@ -353,7 +353,9 @@ def resume(ckpt: Path | None, run: RunDir, cfg: PPOConfig, models: tuple, optimi
         state = load_checkpoint(ckpt, model=unwrap(accelerator, policy), optimizer=optimizers["policy"],
                                 scheduler=schedulers[0])
         run.truncate_metrics(state["step"])
-    controller = kl_controller(cfg.ppo)
+    o = cfg.ppo
+    controller = (FixedKLController(o.kl_coef) if o.kl_target is None
+                  else AdaptiveKLController(o.kl_coef, target=o.kl_target, horizon=o.kl_horizon))
     if "kl" in state:
         controller.load_state_dict(state["kl"])
     running = RunningMoments(state.get("running")) if cfg.ppo.score_norm == "running" else None

@@ -114,3 +114,21 @@ def test_value_head_shares_the_policy_forward(tiny_model_dir, tiny_tokenizer, tm
     assert torch.equal(again.score.weight, head.score.weight)
     with pytest.raises(ConfigError, match="value head"):
         ValueHead.from_pretrained(tmp_path)
+
+
+def test_disable_dropout_makes_train_mode_forwards_repeatable(tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.models.value import disable_dropout
+
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).train()
+    model.extra = torch.nn.Dropout(0.3)
+    batch = _batch(tiny_tokenizer)
+    noisy = [compute_logprobs(model, batch).logprobs for _ in range(2)]
+    assert not torch.equal(*noisy)  # attention dropout is live in train mode
+    disable_dropout(model)
+    assert model.training and model.extra.p == 0.0 and model.model.layers[0].self_attn.attention_dropout == 0.0
+    again = [compute_logprobs(model, batch).logprobs for _ in range(2)]
+    assert torch.equal(*again)
