@@ -118,6 +118,8 @@ class PPOOptions:
     """Minibatches M per epoch: K x M optimizer updates per step."""
     whiten_advantages: bool = True
     """Whiten advantages over the batch's response tokens."""
+    whiten_rewards: bool = False
+    """Divide the per-token rewards by their batch std (mean kept) before GAE."""
     score_norm: Literal["none", "batch", "running"] = "none"
     """Scores as given (`none`; an `rm:` reward is already whitened with the RM's stored gain/bias), whitened
     per batch, or by running mean/std over all steps so far."""
@@ -209,7 +211,7 @@ def build_critic(cfg: PPOConfig, policy, tokenizer):
     return critic, None
 
 
-# ---------------------------------------------------------------- forwards
+# ---------------------------------------------------------------- the step
 
 
 def ppo_losses(policy, critic, head, micro: dict, cfg: PPOConfig, num_tokens, train_policy: bool) -> dict:
@@ -230,13 +232,9 @@ def ppo_losses(policy, critic, head, micro: dict, cfg: PPOConfig, num_tokens, tr
     return {"loss": loss, **{k: v.detach() for k, v in diag.items()}}
 
 
-# ---------------------------------------------------------------- the step
-
-
 def shape_rewards(exp, cfg: PPOConfig, running: RunningMoments | None, kl_coef: float) -> dict:
     """Steps 2-3: normalized, EOS-penalized scores and the KL-shaped per-token rewards (CPU tensors)."""
-    mask = exp.response_mask
-    scores = exp.scores
+    mask, scores = exp.response_mask, exp.scores
     if cfg.ppo.score_norm == "batch":
         scores = whiten(scores)
     elif cfg.ppo.score_norm == "running":
@@ -245,6 +243,8 @@ def shape_rewards(exp, cfg: PPOConfig, running: RunningMoments | None, kl_coef: 
         scores = torch.where(exp.rollouts.finished, scores, cfg.ppo.missing_eos_penalty)
     kl = torch.where(mask, kl_estimate(exp.old_logprobs, exp.ref_logprobs, kind="k1"), 0.0)  # (B, T)
     rewards = token_rewards(scores, mask, kl=kl, kl_coef=kl_coef)
+    if cfg.ppo.whiten_rewards:  # rescale only, the mean stays (lm-human-preferences `whiten_rewards`)
+        rewards = whiten(rewards, mask, shift_mean=False)
     return {"scores": scores, "kl": kl, "rewards": rewards}
 
 
@@ -264,11 +264,10 @@ def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, acc
                                                         cfg.optim.grad_accum))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v.float() / cfg.optim.grad_accum
-            out["policy_grad_norm"] = clip_grad(policy, cfg.optim.max_grad_norm) if train_policy else None
-            out["critic_grad_norm"] = clip_grad(critic_params, cfg.optim.max_grad_norm)
-            for k in ("policy_grad_norm", "critic_grad_norm"):
-                if out[k] is not None:
-                    sums[k] = sums.get(k, 0.0) + out[k].float()
+            norms = {"critic_grad_norm": clip_grad(critic_params, cfg.optim.max_grad_norm),
+                     **({"policy_grad_norm": clip_grad(policy, cfg.optim.max_grad_norm)} if train_policy else {})}
+            for k, v in norms.items():
+                sums[k] = sums.get(k, 0.0) + v.float()
             for name, opt in optimizers.items():
                 if name == "critic" or train_policy:
                     opt.step()
@@ -280,12 +279,11 @@ def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, acc
 def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, accelerator) -> dict:
     """Steps 2-7 on a collected experience; returns the step's metrics (tensors)."""
     policy, critic, head, controller, running = models
-    device, autocast = accelerator.device, accelerator.autocast
     # 4. values (and, with a value head, the old log-probs from the same forward)
-    values, old = rollout_values(exp.rollouts.batch(), policy=policy, critic=critic, head=head, device=device,
-                                 temperature=cfg.rollout.temperature, autocast=autocast)
-    if old is not None:
-        exp.old_logprobs = old
+    values, old = rollout_values(exp.rollouts.batch(), policy=policy, critic=critic, head=head,
+                                 device=accelerator.device, temperature=cfg.rollout.temperature,
+                                 autocast=accelerator.autocast)
+    exp.old_logprobs = old if old is not None else exp.old_logprobs
     # 2-3. score normalization, EOS penalty, KL-shaped per-token rewards
     shaped = shape_rewards(exp, cfg, running, controller.value)
     mask = exp.response_mask
@@ -304,7 +302,7 @@ def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, a
     # 7. KL controller: mean sequence KL of this batch, over all processes
     seq_kl = exp.tensors["seq_kl"].mean()
     if accelerator.num_processes > 1:
-        seq_kl = accelerator.reduce(seq_kl.to(device), reduction="mean").cpu()
+        seq_kl = accelerator.reduce(seq_kl.to(accelerator.device), reduction="mean").cpu()
     kl_coef, n_tokens = controller.value, mask.sum().clamp(min=1)
     controller.update(float(seq_kl), len(exp) * accelerator.num_processes)
     return {**rollout_metrics(exp), **stats, "lr": lr, "kl": seq_kl, "kl_coef": torch.tensor(kl_coef),

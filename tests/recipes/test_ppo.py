@@ -63,7 +63,7 @@ KEYS = ("score", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "vf_loss",
 def test_ppo_smoke_writes_run_dir_with_loadable_policy_and_critic(tiny_model_dir, prompts, tmp_path):
     out = tmp_path / "run"
     last = main(config(tiny_model_dir, prompts, out, ppo__kl_target=1.0, ppo__missing_eos_penalty=-1.0,
-                       ppo__score_norm="running"))
+                       ppo__score_norm="running", ppo__whiten_rewards=True))
     rows = metrics(out)
     assert [m["step"] for m in rows] == [1, 2] and last["step"] == 2
     for m in rows:
