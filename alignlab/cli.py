@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rm": ("alignlab.recipes.reward", "RewardConfig", "reward model: Bradley-Terry, K-wise, ensembles, gating, PRM"),
     "eval rm": ("alignlab.recipes.reward_eval", "RewardEvalConfig", "evaluate a reward model: accuracy, ECE, acc@k"),
     "ppo": ("alignlab.recipes.ppo", "PPOConfig", "PPO (RLHF): policy + critic, KL-shaped reward, GAE, adaptive KL"),
+    "grpo": ("alignlab.recipes.pg", "PGConfig", "critic-free RL: GRPO, Dr.GRPO, DAPO, RLOO, ReMax, REINFORCE++"),
     "bon": ("alignlab.recipes.best_of_n", "BoNConfig", "best-of-n sampling against a reward; RAFT (--bon.iterations)"),
     "demo": ("alignlab.lab.demo", "DemoConfig", "the lab demo on the built-in tiny model"),
     "lab list": ("alignlab.lab.experiments.listing", "LabListConfig", "list the lab's paper reproductions"),

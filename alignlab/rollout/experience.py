@@ -59,6 +59,12 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def subset(self, indices: Sequence[int]) -> PromptSet:
+        """The prompts at `indices` (e.g. a held-out split), in that order."""
+        return PromptSet([self.texts[i] for i in indices], [self.prompt_ids[i] for i in indices],
+                         {k: [v[i] for i in indices] for k, v in self.columns.items()},
+                         [self.rows[i] for i in indices], self.source)
+
 
 def load_prompts(data, tokenizer, *, max_prompt_length: int) -> PromptSet:
     """Read a prompt dataset (any schema with a prompt; GSM8K and TRL prompt rows as they are), keep its other
