@@ -83,6 +83,24 @@ def test_ppo_smoke_writes_run_dir_with_loadable_policy_and_critic(tiny_model_dir
     assert {"kl", "prompts", "running"} <= set(state) and state["running"]["count"] == 16
 
 
+def test_reward_model_as_reward_and_critic_initialization(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
+    """InstructGPT wiring: `rm:` reward (whitened by the RM's stored gain/bias) and a critic from the same RM."""
+    from alignlab.models.reward import load_reward_model, save_reward_model
+
+    rm_dir = tmp_path / "rm"
+    save_reward_model(load_reward_model(tiny_model_dir, seed=1), tiny_tokenizer, rm_dir, gain=[4.0], bias=[0.1])
+    out = tmp_path / "run"
+    main(config(tiny_model_dir, prompts, out, reward__sources=[f"rm:{rm_dir}"], ppo__critic_path=str(rm_dir),
+                optim__max_steps=1, ppo__epochs=1))
+    row = metrics(out)[0]
+    assert all(torch.isfinite(torch.tensor(row[k])) for k in KEYS)
+    assert row["score_std"] > 0.05  # gain 4 spreads the random RM's scores
+    critic = AutoModelForTokenClassification.from_pretrained(out / "critic")
+    rm = load_reward_model(rm_dir)
+    assert torch.allclose(critic.model.embed_tokens.weight, rm.model.embed_tokens.weight, atol=0.05)
+    assert not hasattr(critic.config, "alignlab_reward_gain")
+
+
 def test_value_head_with_critic_warmup_leaves_policy_untouched(tiny_model_dir, prompts, tmp_path):
     out = tmp_path / "run"
     main(config(tiny_model_dir, prompts, out, ppo__critic="head", ppo__critic_warmup_steps=1, log__save_every=1))
