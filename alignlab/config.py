@@ -152,8 +152,9 @@ class RolloutConfig:
     """Nucleus sampling mass in (0, 1]; 1 = off."""
     top_k: int = 0
     """Sample only among the k most likely tokens (0 = off)."""
-    backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Generation engine: `hf` (transformers generate), `vllm` (GPU, optional), `auto` (the fastest available)."""
+    backend: Literal["auto", "native", "hf", "vllm"] = "auto"
+    """Generation engine: `native` (alignlab's decode loop), `hf` (transformers generate), `vllm` (GPU, optional),
+    `auto` (native when the model supports it, else hf); see docs/rollout.md."""
     max_prompt_length: int = 256
     """Longest prompt in tokens; longer prompts keep their end (and are counted in the log)."""
     sample_every: int = 10
