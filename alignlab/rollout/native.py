@@ -130,6 +130,9 @@ class NativeEngine:
         check_request(prompts, n)
         tok = self.tokenizer
         prompt_ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
+        empty = [i for i, p in enumerate(prompt_ids) if not p]
+        if empty:
+            raise ConfigError(f"prompt(s) {empty[:5]} have no tokens (empty text and no BOS): nothing to condition on")
         device = next(self.inner.parameters()).device
         generator = torch.Generator(device=device)
         generator.manual_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)

@@ -186,3 +186,6 @@ def test_bad_requests_are_config_errors(tiny_model_dir, tiny_tokenizer):
         eng.generate("a prompt", 1, Sampling())
     with pytest.raises(ConfigError, match="n "):
         eng.generate(PROMPTS, 0, Sampling())
+    assert tiny_tokenizer("")["input_ids"] == []  # this tokenizer adds no BOS: an empty prompt has nothing
+    with pytest.raises(ConfigError, match=r"prompt\(s\) \[1\] have no tokens"):
+        eng.generate(["a", ""], 1, Sampling())
