@@ -13,9 +13,11 @@ row's completion, rejected = the next row's completion (64–128 tokens each). B
 (small), fp32, lr 1e-4 constant, beta 0.1, max_length 256 (nothing truncated), no gradient checkpointing.
 
 Timing: the step clock of `common.py`, counting only forwards with grad enabled (the policy's training forward;
-reference forwards run without grad), so each step is one forward over the 2B chosen+rejected rows in both
-libraries. Precomputation of reference log-probs happens before the first step, outside the window (it is in
-`startup_s`). samples/s counts pairs; tokens/s the non-pad tokens of chosen and rejected rows.
+reference forwards run without grad), so each step is one forward: over the 2B chosen+rejected rows (TRL), or
+over B rows of prompt + chosen + rejected (alignlab's default: the prompt is held once). Precomputation of
+reference log-probs happens before the first step, outside the window (it is in `startup_s`). pairs/s counts
+pairs (steps x pairs per step); tokens/s the non-pad tokens each library feeds the model (alignlab holds each
+prompt once, TRL twice: compare pairs/s).
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def child(a) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-dpo-{a.lib}-") as out_dir:
         extra = (train_trl if a.lib == "trl" else train_alignlab)(model_dir, Path(a.data), a, clock, out_dir)
     window = clock.window(a.warmup, a.steps)
+    window["pairs"] = a.steps * a.batch_size  # rows per pair differ: TRL 2 (prompt twice), alignlab 1 (shared)
     result = {"lib": a.lib, "model": a.model, "ref": a.ref, "batch_size": a.batch_size, "warmup": a.warmup,
               "steps": a.steps, **window, **extra, "peak_rss_mb": round(common.peak_rss_mb(), 1),
               "startup_s": round(clock.calls[0][0] - t_start, 2) if clock.calls else None}
@@ -135,7 +138,7 @@ def metrics(run: dict, model: str, clock: str = "wall") -> dict:
     """Per-run numbers; with clock="cpu" the seconds are the child's CPU time (all its threads), which holds up
     better than wall time on a machine shared with other work (use it with --threads 1)."""
     s = run["seconds"] if clock == "wall" else run["cpu_seconds"]
-    return {"samples_per_s": run["samples"] / 2 / s, "tokens_per_s": run["tokens"] / s,
+    return {"samples_per_s": run.get("pairs", run["samples"] / 2) / s, "tokens_per_s": run["tokens"] / s,
             "peak_rss_mb": run["peak_rss_mb"], "padding_pct": 100 * (1 - run["tokens"] / run["padded_tokens"]),
             "startup_s": run.get("startup_s") or float("nan")}
 
@@ -188,8 +191,8 @@ def markdown(summary: list[dict], info: dict, settings: dict) -> str:
                      f"{lo:.2f}–{hi:.2f} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {rel} | {rss} | "
                      f"{r['padding_pct']:.0f} | {r['startup_s']:.1f} | {r['loss']:.4f} | {r['foreign_cores']:.2f} |")
     notes = ", ".join(f"{m} {ref} {v}" for (m, ref), v in TRL_PERF_NOTES.items())
-    lines += ["", "pairs/s: preference pairs per second in the measured window; tokens/s: non-pad tokens of the "
-              "chosen and rejected rows. *other load*: CPU cores other processes used during the run (above ~0.1 "
+    lines += ["", "pairs/s: preference pairs per second in the measured window; tokens/s: non-pad tokens fed to "
+              "the model (alignlab holds each prompt once, TRL twice). *other load*: CPU cores other processes used during the run (above ~0.1 "
               f"the numbers are disturbed). Target: ≥ 2× TRL pairs/s at ≤ TRL peak RSS. PERF-NOTES TRL pairs/s: "
               f"{notes}."]
     met = [f"{r['model']} {r['ref']}: {'met' if r['speedup_vs_trl'] >= 2 and r['rss_vs_trl'] <= 1 else 'not met'}"

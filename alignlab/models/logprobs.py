@@ -6,7 +6,8 @@ where `response_mask` is False (`response_mask[:, 0]` never counts: nothing pred
 How (the fast path):
   1. run the model once; a forward pre-hook on the LM head (`get_output_embeddings()`) takes its input, the
      last hidden states, and hands the head only the last position, so no [B, T, V] logits are made while
-     wrappers (peft, DDP) still run their own forward;
+     wrappers (peft, DDP) still run their own forward; the last layer's MLP runs only at the positions read
+     below (`alignlab.models.last_layer`: prompt and padding positions skip it);
   2. gather the hidden state at t-1 for every counted target t:                 h (N, H), N = counted tokens
   3. project h through the LM head chunk by chunk inside one autograd.Function: z = head(h_c) / temperature,
      log p = z[y] - logsumexp(z) (+ entropy H = lse - sum(p z) when asked), in float32 on the chunk;
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from alignlab.models.last_layer import last_mlp_at
 from alignlab.models.shared_prompt import realign_logits, shared_model_inputs, source_positions, split_pairs
 
 
@@ -299,11 +301,13 @@ def compute_logprobs(model: nn.Module, batch: dict, *, temperature: float = 1.0,
         logprobs = naive_logprobs(logits, input_ids, mask, temperature)
         entropy = naive_entropy(logits, mask, temperature) if with_entropy else None
         return _summarize(logprobs, mask, entropy)
-    hidden = _head_input(model, spec.head, _model_inputs(model, batch))  # (B, T, H)
     # Counted targets at flat position i = b*T + t are predicted by the hidden state at i - 1 (shared-prompt rows:
     # the first rejected token by the prompt's last). nonzero() is the one host sync: N sizes everything after it.
     target_pos = mask.flatten().nonzero().squeeze(1)  # (N,)
-    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, _sources(batch, target_pos))  # (N, H)
+    source_pos = _sources(batch, target_pos)  # (N,)
+    with last_mlp_at(model, torch.unique(source_pos)):  # the last MLP only where a hidden state is read
+        hidden = _head_input(model, spec.head, _model_inputs(model, batch))  # (B, T, H)
+    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, source_pos)  # (N, H)
     targets = input_ids.flatten().index_select(0, target_pos)  # (N,)
     head_spec = (spec.scale, spec.softcap, float(temperature))
     if chunk_size is None:
@@ -394,11 +398,13 @@ def logprobs_and_token_kl(policy: nn.Module, reference: nn.Module, batch: dict, 
         logq = torch.log_softmax(ref_logits[:, :-1].float(), -1)
         kl = F.pad((logq.exp() * (logq - logp)).sum(-1), (1, 0))
         return _summarize(naive_logprobs(logits, input_ids, mask), mask, None), torch.where(mask, kl, 0.0)
-    hidden = _head_input(policy, spec.head, inputs)  # (B, T, H)
-    with torch.no_grad(), ctx():
-        ref_hidden = _head_input(reference, ref_spec.head, _model_inputs(reference, batch))  # (B, T, H_ref)
     target_pos = mask.flatten().nonzero().squeeze(1)  # (N,)
     source_pos = _sources(batch, target_pos)  # (N,)
+    read = torch.unique(source_pos)
+    with last_mlp_at(policy, read):
+        hidden = _head_input(policy, spec.head, inputs)  # (B, T, H)
+    with torch.no_grad(), ctx(), last_mlp_at(reference, read):
+        ref_hidden = _head_input(reference, ref_spec.head, _model_inputs(reference, batch))  # (B, T, H_ref)
     h = hidden.reshape(n_batch * n_tok, -1).index_select(0, source_pos)  # (N, H)
     h_ref = ref_hidden.reshape(n_batch * n_tok, -1).index_select(0, source_pos)  # (N, H_ref)
     targets = input_ids.flatten().index_select(0, target_pos)  # (N,)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 CHOSEN, REJECTED, PAD = 1, 2, -1
 
 
-def _inner(model: nn.Module) -> nn.Module:
+def inner_model(model: nn.Module) -> nn.Module:
     """The transformers model under DDP and peft wrappers."""
     while isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
@@ -37,7 +37,7 @@ def _inner(model: nn.Module) -> nn.Module:
 
 def attention_impl(model: nn.Module) -> str | None:
     """The model's attention implementation ("sdpa", "eager", "flash_attention_2", ...), None if unknown."""
-    return getattr(getattr(_inner(model), "config", None), "_attn_implementation", None)
+    return getattr(getattr(inner_model(model), "config", None), "_attn_implementation", None)
 
 
 def supports_shared_prompt(model: nn.Module) -> bool:

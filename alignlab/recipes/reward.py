@@ -68,6 +68,7 @@ from alignlab.recipes.reward_data import (
     epoch_batches,
     prepare,
     shared_prompt_scores,
+    shares_prompt,
     step_stats,
 )
 from alignlab.recipes.reward_eval import final_eval, prompt_view, score_rows, scorer
@@ -127,7 +128,8 @@ class RewardOptions:
     """Sequences per forward when scoring for evaluation and normalization."""
     share_prompt: bool = True
     """bradley_terry: hold each pair's prompt once (prompt + chosen + rejected in one row, 4D attention mask);
-    same scores as separate rows, fewer FLOPs. Off for LoRA and models without a `score` head."""
+    same scores as separate rows, fewer FLOPs. Off for models without a `score` head or whose attention takes
+    no custom mask (FlashAttention)."""
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -322,7 +324,7 @@ def main(cfg: RewardConfig) -> dict:
 
     # 2. model, optimizer, schedule
     model = build_model(cfg, tokenizer, data.attribute_names)
-    if cfg.rm.objective == "bradley_terry" and cfg.rm.share_prompt and not cfg.model.lora_r and hasattr(model, "score"):
+    if cfg.rm.objective == "bradley_terry" and cfg.rm.share_prompt and shares_prompt(model):
         pipeline = PIPELINES["shared_pairs"]
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim)

@@ -14,6 +14,7 @@ from alignlab.data import (
     TruncationReport,
     collate,
     collate_preference,
+    collate_shared_prompt,
     make_batches,
     normalize,
     read_rows,
@@ -23,6 +24,8 @@ from alignlab.data import (
 from alignlab.data.schemas import ATTRIBUTES
 from alignlab.data.split import train_eval_split
 from alignlab.errors import DataError
+from alignlab.models.last_layer import last_mlp_at
+from alignlab.models.shared_prompt import inner_model, shared_model_inputs, supports_shared_prompt
 from alignlab.recipes.reward_eval import categories_of, pair_rows
 
 if TYPE_CHECKING:
@@ -92,43 +95,42 @@ def _pair_batch(feats, pad_id):
 
 
 def shared_prompt_batch(feats, pad_id):
-    """One row per pair: prompt + chosen + rejected, the prompt held once. `position_ids` of the rejected
-    tokens continue from the prompt's end; `segments` is 0 prompt, 1 chosen, 2 rejected, -1 padding."""
-    width = max(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in feats)
-    ids = torch.full((len(feats), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(feats), width), dtype=torch.long)
-    seg = torch.full((len(feats), width), -1, dtype=torch.long)
-    for b, f in enumerate(feats):
-        n_p, n_c, n_r = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
-        ids[b, :n_p + n_c + n_r] = torch.tensor(f["prompt_ids"] + f["chosen_ids"] + f["rejected_ids"])
-        pos[b, :n_p + n_c] = torch.arange(n_p + n_c)
-        pos[b, n_p + n_c:n_p + n_c + n_r] = torch.arange(n_p, n_p + n_r)
-        seg[b, :n_p], seg[b, n_p:n_p + n_c], seg[b, n_p + n_c:n_p + n_c + n_r] = 0, 1, 2
-    batch = {"input_ids": ids, "position_ids": pos, "segments": seg, "attention_mask": (seg >= 0).long(),
-             "row_ids": torch.tensor([f["row"] for f in feats])}
+    """One row per pair, prompt + chosen + rejected, the prompt held once (`alignlab.data.collate_shared_prompt`:
+    `segments` is 0 prompt, 1 chosen, 2 rejected, -1 padding), with the pairs' margins."""
+    batch = collate_shared_prompt(feats, pad_id)
     if feats[0].get("margin") is not None:
         batch["margin"] = torch.tensor([f["margin"] for f in feats], dtype=torch.float32)
     return batch
 
 
+def shares_prompt(model) -> bool:
+    """Whether `shared_prompt_scores` can run `model`: a custom 4D mask (SDPA/eager attention) and a `score` head."""
+    return supports_shared_prompt(model) and hasattr(inner_model(model), "score")
+
+
 def shared_prompt_scores(model, batch) -> torch.Tensor:
     """(2B, K) scores of a `shared_prompt_batch`, chosen rows then rejected rows, equal (to float rounding) to
-    `reward_scores` on the `collate_preference` batch: a 4D mask keeps the causal order and hides the chosen
-    tokens from the rejected ones; each side is read where transformers' pooling reads it (its rightmost
-    non-pad token). The prompt's FLOPs are spent once instead of twice."""
+    `reward_scores` on the `collate_preference` batch: the 4D mask of `alignlab.models.shared_prompt` keeps the
+    causal order and hides the chosen tokens from the rejected ones; each side is read where transformers' pooling
+    reads it (its rightmost non-pad token). The prompt's FLOPs are spent once instead of twice.
+
+    The model runs its own forward (so peft/LoRA wrappers work); a hook catches the score head's output at every
+    position (B, T, K), which is cheap next to the backbone, and the two sides are read from it."""
     ids, seg = batch["input_ids"], batch["segments"]
-    t = torch.arange(ids.shape[1], device=ids.device)
-    allowed = (t[None, :, None] >= t[None, None, :]) & (seg[:, None, :] >= 0)  # (B, T, T): i sees j <= i
-    allowed &= ~((seg[:, :, None] == 2) & (seg[:, None, :] == 1))  # rejected never sees chosen
-    allowed |= torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)  # padding sees itself: no NaN
-    dtype = model.score.weight.dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-    hidden = getattr(model, model.base_model_prefix)(input_ids=ids, attention_mask=mask[:, None],
-                                                      position_ids=batch["position_ids"], use_cache=False)[0]
-    not_pad = ids != model.config.pad_token_id
-    rows = torch.arange(ids.shape[0], device=ids.device)
-    last = [(t * ((seg == side) & not_pad)).argmax(1) for side in (1, 2)]  # (B,) each
-    return model.score(torch.cat([hidden[rows, last[0]], hidden[rows, last[1]]])).float()
+    n_batch, n_tok = ids.shape
+    t = torch.arange(n_tok, device=ids.device)
+    not_pad = ids != inner_model(model).config.pad_token_id
+    rows = torch.arange(n_batch, device=ids.device)
+    last = torch.cat([(t * ((seg == side) & not_pad)).argmax(1) for side in (1, 2)])  # (2B,): chosen, rejected
+    read = torch.cat([rows, rows]) * n_tok + last  # (2B,) flat positions: the only outputs read
+    caught = []
+    handle = inner_model(model).score.register_forward_hook(lambda _m, _args, out: caught.append(out))
+    try:  # the last layer's MLP runs at the read positions only (`alignlab.models.last_layer`)
+        with last_mlp_at(model, read):
+            model(**shared_model_inputs(model, batch))
+    finally:
+        handle.remove()
+    return caught[0].reshape(n_batch * n_tok, -1).index_select(0, read).float()  # (2B, K)
 
 
 def _completion_feats(items: list[tuple], tokenizer, cfg):

@@ -315,3 +315,28 @@ def test_shared_prompt_forward_equals_separate_rows(tiny_model_dir, small_pairs)
         separate = reward_scores(model, collate_preference(feats, tok.pad_token_id))
         shared = shared_prompt_scores(model, shared_prompt_batch(feats, tok.pad_token_id))
     assert torch.allclose(shared, separate, atol=1e-5), (shared - separate).abs().max()
+
+
+def test_shared_prompt_with_lora_equals_separate_rows_values_and_grads(tiny_model_dir, small_pairs):
+    """A LoRA-wrapped RM runs shared-prompt rows too (the model's own forward, the head's output read by a hook):
+    same scores and same gradients as the 2B separate rows."""
+    from alignlab.models.reward import apply_reward_lora
+    from alignlab.recipes.reward_data import shared_prompt_batch, shared_prompt_scores, shares_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model = apply_reward_lora(load_reward_model(tiny_model_dir, num_labels=1), r=4, alpha=8)
+    assert shares_prompt(model)
+    feats, _ = tokenize_preference(normalize(read_rows(small_pairs), "preference")[:5], tok, max_length=64)
+    out = []
+    for scores_fn, batch in ((reward_scores, collate_preference(feats, tok.pad_token_id)),
+                             (shared_prompt_scores, shared_prompt_batch(feats, tok.pad_token_id))):
+        model.zero_grad()
+        scores = scores_fn(model, batch)
+        (scores[:, 0] * torch.arange(1.0, 11.0)).sum().backward()
+        out.append((scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (separate, g_sep), (shared, g_shared) = out
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=0)
+    assert g_sep.keys() == g_shared.keys() and any("lora" in n for n in g_sep)
+    for name in g_sep:
+        torch.testing.assert_close(g_shared[name], g_sep[name], atol=1e-5, rtol=1e-4)
