@@ -192,7 +192,8 @@ def parent(a) -> None:
                "{tokens_per_s:8,.0f} tok/s {ms_per_step:6.1f} ms/step".format(**metrics(res, a.clock))
                + f"  other load {res['foreign_cores']:.2f}")
         print(f"{label} {res['wall_s']:5.0f}s {msg}  [{time.perf_counter() - t0:4.0f}s total]", file=sys.stderr)
-    settings = {"command": "python benchmarks/generate.py " + " ".join(sys.argv[1:]), "repeats": a.repeats,
+    argv = [x for i, x in enumerate(sys.argv[1:]) if x != "--note" and (i == 0 or sys.argv[i] != "--note")]
+    settings = {"command": "python benchmarks/generate.py " + " ".join(argv), "repeats": a.repeats,
                 "calls": a.calls, "new_tokens": a.new_tokens, "clock": a.clock, "note": a.note,
                 "loadavg": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else

@@ -8,9 +8,11 @@ What it does per chunk of `batch_size` rows (P' prompts x n samples):
   3. rows that reached EOS are dropped from the active batch (cache rows compacted in place) once at least
      1/8 of the active rows are done, so compute shrinks as sequences finish; the loop ends when all are done.
 The decode step makes no device sync except the finished-rows check (every step on CPU where it is free, every
-`check_every` steps on an accelerator). On CPU, float32 Linear weights are given a column-major copy for the
-duration of `generate` (same values, restored after): MKL runs the few-row decode matmuls x @ W^T about 2x
-faster when W^T is row-major in memory.
+`check_every` steps on an accelerator). Each decode step runs either `rollout.fused.FusedDecoder` (Llama family,
+default on CPU: a few tensor ops per layer on packed weights) or the model's own forward with the slab cache
+(any other supported model); on that generic path on CPU, float32 Linear weights get a column-major copy for the
+duration of `generate` (same values, restored after): MKL runs the few-row decode matmuls x @ W^T about 2x faster
+when W^T is row-major in memory.
 
 Seeds: one torch.Generator per `generate` call, seeded with `seed` (or a draw from torch's global RNG when None),
 so the same seed, prompts and batch_size give the same samples. Output layout: see `Rollouts`.
@@ -97,6 +99,8 @@ class NativeEngine:
             special tokens, like `HFEngine`.
         batch_size: rows (samples) decoded together.
         check_every: decode steps between finished-rows checks (a device sync); default 1 on CPU, 8 elsewhere.
+        fused: decode with `FusedDecoder` (True: required, error if the model is not supported; False: never;
+            None: on CPU when supported). It holds one extra copy of the linear weights while generating.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, check_every: int | None = None,
