@@ -1,135 +1,297 @@
-"""`alignlab demo`: alignment on the lab sentiment task, measured against the gold reward.
+"""`alignlab demo`: base -> SFT -> reward model, and DPO from the SFT model, on the lab sentiment task, each
+stage measured against the programmatic gold reward.
 
 Run:
     alignlab demo                      # builds the tiny base model on first use (no downloads)
-    alignlab demo --output-dir runs/demo --sft-steps 300
+    alignlab demo --output-dir runs/demo --sft-steps 300 --dpo-beta 0.2
 
-Stages: the pretrained tiny base model -> SFT on moderately positive demonstrations. Each stage's policy is
-sampled on review openings (the task grammar has 21, the same ones its training data starts with; the
-continuations are what differ) and scored by the programmatic gold sentiment reward; KL to the base model is
-estimated on the same samples. Writes `results.json`, `report.png` and each stage's run directory; a rerun
-replaces the stage directories it made before.
+Stages (one function each, run in the order of `STAGES`; training stages write normal run directories):
+  base   the pretrained `lab:tiny` model (built and cached on first use)
+  sft    SFT on moderately positive demonstrations (`lab:sentiment-sft`)                    -> `<out>/sft`
+  pairs  two completions per review opening sampled from the SFT policy, labelled by the simulated
+         Bradley-Terry labeler; a held-out share is relabelled by the gold reward (ties dropped)  -> `<out>/pairs`
+  rm     a Bradley-Terry reward model (`recipes.reward`) from the SFT model on the train pairs; its accuracy
+         against the gold preference on the held-out pairs                                  -> `<out>/rm`
+  dpo    DPO (`recipes.preference`, loss dpo) from the SFT model on the same train pairs; its checkpoints are
+         evaluated along the way (gold and proxy reward, KL over training)                  -> `<out>/dpo`
+Each policy is sampled on review openings (one completion each, temperature 1; the grammar has 21 openings, so
+these are fresh draws, not unseen openings) and measured by the gold reward, the proxy reward (the RM's whitened
+score of the same samples; filled in for the stages before the RM once it exists) and k1 Monte-Carlo estimates
+of KL(policy || SFT) and KL(policy || base). Writes `results.json`, `report.html` (self-contained: table, plots,
+samples), `report.png`, prints the table; a rerun replaces the stage directories it made before.
+
+Adding a stage (PPO: after `rm_stage`, next to `dpo_stage`): write `ppo_stage(demo: Demo) -> StageResult` that trains
+from `demo.sft_path` with the reward model at `demo.rm_path` into `demo.out / "ppo"` (saving checkpoints), then
+returns `with_curve(demo, evaluate(demo, "ppo", policy, run_dir=str(run_dir)), run_dir, result_of(demo, "sft"))`;
+add its sizes to `DemoConfig` and the function to `STAGES`. Its table row, results.json entry, point and
+trajectory in the gold-vs-KL plot and its gold/proxy curve over training then appear without other changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
+from alignlab.data import PromptCompletion, tokenize_sft
+from alignlab.data.split import train_eval_split
+from alignlab.errors import ConfigError
 from alignlab.eval import sequence_kl
 from alignlab.lab.base import tiny_model_path
 from alignlab.lab.datasets import dataset_path
+from alignlab.lab.demo_report import StageResult, table, write_report
+from alignlab.lab.pairs import sentiment_pairs, write_pairs
 from alignlab.lab.tasks import sentiment
 from alignlab.models import load_model, load_tokenizer
-from alignlab.recipes import sft
+from alignlab.models.reward import load_reward_model, normalize_scores
+from alignlab.recipes import preference, reward, reward_eval, sft
 from alignlab.rollout import HFEngine, Sampling
+from alignlab.runtime import Progress
 
 log = logging.getLogger("alignlab")
+MAX_LENGTH = 64  # tokens of opening + completion in every stage's training data (openings ~5, completions <= 25)
 
 
 @dataclass
 class DemoConfig:
-    """The lab demo: base -> SFT on the sentiment task, scored by the gold reward."""
+    """The lab demo: base -> SFT -> reward model, and DPO from SFT, on the sentiment task, scored by gold."""
 
     output_dir: str = "runs/demo"
     """Where every stage's run directory and the report go."""
     seed: int = 0
     """Seed for data, training and sampling."""
     sft_steps: int = 200
-    """SFT optimizer steps."""
+    """SFT optimizer steps (batch 32)."""
+    pairs: int = 2000
+    """Review openings sampled for preference pairs, two SFT completions each."""
+    heldout_fraction: float = 0.2
+    """Share of the pairs held out (relabelled by the gold reward) to measure the RM's accuracy."""
+    labeler_temperature: float = 0.05
+    """Bradley-Terry temperature of the simulated labeler of the train pairs (0 = always the higher gold)."""
+    rm_steps: int = 200
+    """Reward-model optimizer steps (batch 32 pairs)."""
+    rm_lr: float = 2e-3
+    """Reward-model peak learning rate (linear decay)."""
+    dpo_steps: int = 60
+    """DPO optimizer steps (batch 16 pairs)."""
+    dpo_lr: float = 2e-4
+    """DPO peak learning rate (cosine decay)."""
+    dpo_beta: float = 0.1
+    """DPO temperature beta of the implicit reward beta * log(pi / pi_sft)."""
+    dpo_evals: int = 4
+    """DPO checkpoints evaluated during training (gold and proxy reward and KL over training)."""
     eval_prompts: int = 128
-    """Review openings sampled per stage for the gold reward and KL."""
+    """Review openings sampled per evaluated policy for the gold and proxy reward and the KL estimates."""
     max_new_tokens: int = 24
-    """Sampled completion length."""
+    """Sampled completion length (evaluation and pairs)."""
     progress: bool = True
     """Show progress bars."""
 
+    def __post_init__(self):
+        for name in ("sft_steps", "pairs", "rm_steps", "dpo_steps", "dpo_evals", "eval_prompts", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.heldout_fraction < 1.0 or self.labeler_temperature < 0 or self.dpo_beta <= 0:
+            raise ConfigError("heldout_fraction must be in (0, 1), labeler_temperature >= 0, dpo_beta > 0")
+
 
 @dataclass
-class StageResult:
-    stage: str
-    gold_reward: float
-    kl_to_base: float
-    samples: list[str]
+class Demo:
+    """What the stages share: the config, the models trained so far and where they are."""
+
+    cfg: DemoConfig
+    out: Path
+    prompts: list[str]
+    base_path: Path | None = None
+    tokenizer: Any = None
+    base: Any = None
+    sft_path: Path | None = None
+    sft: Any = None
+    train_pairs: Path | None = None
+    heldout_pairs: Path | None = None
+    rm_path: Path | None = None
+    rm: Any = None
+    results: list[StageResult] = field(default_factory=list)
+    rollouts: dict[str, Any] = field(default_factory=dict)
+    """stage -> the Rollouts of its evaluation (measured again by models that come later)."""
 
 
-def evaluate_policy(stage: str, model, base, tokenizer, prompts: list[str], cfg: DemoConfig) -> StageResult:
-    """Sample one completion per prompt at temperature 1; gold reward and KL(policy || base)."""
-    engine = HFEngine(model, tokenizer)
-    rollouts = engine.generate(prompts, 1, Sampling(max_new_tokens=cfg.max_new_tokens), seed=cfg.seed + 1)
+# ---------------------------------------------------------------- measuring a policy
+
+
+@torch.no_grad()
+def proxy_scores(demo: Demo, rollouts) -> torch.Tensor:
+    """(B,) whitened RM scores of the rollouts' prompt + completion texts, tokenized as the RM's training pairs
+    were (EOS appended)."""
+    examples = [PromptCompletion(p, c, row=i + 1) for i, (p, c) in enumerate(zip(rollouts.prompts,
+                                                                                 rollouts.completions))]
+    features, _ = tokenize_sft(examples, demo.tokenizer, max_length=4 * MAX_LENGTH)
+    scores = reward_eval.score_rows(reward_eval.scorer(demo.rm, "reward"), features, demo.tokenizer.pad_token_id,
+                                    batch_size=64)  # (B, 1)
+    return normalize_scores(scores, demo.rm)[:, 0]
+
+
+def kl_estimate(model, reference, rollouts) -> float | None:
+    """Mean k1 estimate of KL(model || reference) on `model`'s samples; None without a reference."""
+    if reference is None:
+        return None
+    return 0.0 if reference is model else float(sequence_kl(model, reference, rollouts.batch()).mean())
+
+
+def measure(demo: Demo, model, stage: str) -> tuple[dict, Any]:
+    """Sample the eval openings once each (same seed for every policy); ({gold_reward, proxy_reward, kl_to_sft,
+    kl_to_base}, floats or None where the model it needs does not exist yet; the rollouts)."""
+    bar = Progress(4, enabled=demo.cfg.progress, desc=f"eval {stage}")
+    rollouts = HFEngine(model, demo.tokenizer).generate(
+        demo.prompts, 1, Sampling(max_new_tokens=demo.cfg.max_new_tokens), seed=demo.cfg.seed + 1)
+    bar.update(1)
     gold = sentiment.gold_reward([p + c for p, c in zip(rollouts.prompts, rollouts.completions)])
-    kl = sequence_kl(model, base, rollouts.batch()) if model is not base else torch.zeros(len(gold))
-    return StageResult(stage, float(sum(gold) / len(gold)), float(kl.mean()),
-                       [p + c for p, c in list(zip(rollouts.prompts, rollouts.completions))[:8]])
+    metrics = {"gold_reward": sum(gold) / len(gold), "kl_to_sft": kl_estimate(model, demo.sft, rollouts)}
+    bar.update(2)
+    metrics["kl_to_base"] = kl_estimate(model, demo.base, rollouts)
+    bar.update(3)
+    metrics["proxy_reward"] = None if demo.rm is None else float(proxy_scores(demo, rollouts).mean())
+    bar.update(4)
+    bar.close()
+    return metrics, rollouts
 
 
-def sft_config(cfg: DemoConfig, base_path: Path, out: Path) -> sft.SFTConfig:
-    return sft.SFTConfig(
-        model=ModelConfig(path=str(base_path)),
-        data=DataConfig(dataset=str(dataset_path("sentiment-sft")), max_length=64, eval_fraction=0.05),
+def evaluate(demo: Demo, stage: str, model, **fields) -> StageResult:
+    """A policy stage's result: its measurements, 8 sample texts, and `fields` (curve, run_dir, ...)."""
+    metrics, rollouts = measure(demo, model, stage)
+    demo.rollouts[stage] = rollouts
+    samples = [p + c for p, c in zip(rollouts.prompts[:8], rollouts.completions[:8])]
+    return StageResult(stage, **metrics, samples=samples, **fields)
+
+
+def with_curve(demo: Demo, result: StageResult, run_dir: Path, start: StageResult) -> StageResult:
+    """`result` (the measured final model of a run) with its `curve`: `start` (the policy the run began from) at
+    step 0, every earlier checkpoint in `run_dir` measured, and `result` itself at the newest checkpoint's step."""
+    keys = ("gold_reward", "proxy_reward", "kl_to_sft", "kl_to_base")
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    result.curve = [{"step": 0, **{k: getattr(start, k) for k in keys}}]
+    for path in checkpoints[:-1]:
+        result.curve.append({"step": int(path.name[5:]), **measure(demo, load_model(str(path)), path.name)[0]})
+    if checkpoints:
+        result.curve.append({"step": int(checkpoints[-1].name[5:]), **{k: getattr(result, k) for k in keys}})
+    return result
+
+
+def result_of(demo: Demo, stage: str) -> StageResult:
+    return next(r for r in demo.results if r.stage == stage)
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def base_stage(demo: Demo) -> StageResult:
+    """The pretrained tiny model, built and cached on first use."""
+    demo.base_path = tiny_model_path()
+    demo.tokenizer = load_tokenizer(str(demo.base_path))
+    demo.base = load_model(str(demo.base_path))
+    return evaluate(demo, "base", demo.base, run_dir=str(demo.base_path))
+
+
+def sft_stage(demo: Demo) -> StageResult:
+    """SFT on demonstrations that are 80% positive reviews."""
+    cfg, out = demo.cfg, demo.out / "sft"
+    sft.main(sft.SFTConfig(
+        model=ModelConfig(path=str(demo.base_path)),
+        data=DataConfig(dataset=str(dataset_path("sentiment-sft")), max_length=MAX_LENGTH, eval_fraction=0.05),
         optim=OptimConfig(lr=1e-3, batch_size=32, max_steps=cfg.sft_steps, warmup_steps=10),
-        log=LogConfig(output_dir=str(out / "sft"), log_every=10, eval_every=50, save_every=0,
+        log=LogConfig(output_dir=str(out), log_every=10, eval_every=max(cfg.sft_steps // 4, 1), save_every=0,
                       progress=cfg.progress),
-        seed=cfg.seed,
-    )
+        seed=cfg.seed))
+    demo.sft_path, demo.sft = out, load_model(str(out))
+    # the base row's KL to SFT, on its own samples, now that SFT exists
+    result_of(demo, "base").kl_to_sft = kl_estimate(demo.base, demo.sft, demo.rollouts["base"])
+    return evaluate(demo, "sft", demo.sft, run_dir=str(out))
 
 
-def plot(out: Path, results: list[StageResult], sft_metrics: list[dict]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [m["step"] for m in sft_metrics if "loss" in m]
-    ax1.plot(steps, [m["loss"] for m in sft_metrics if "loss" in m], label="train")
-    ev = [m for m in sft_metrics if "eval_loss" in m]
-    ax1.plot([m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", label="held-out")
-    ax1.set(xlabel="SFT step", ylabel="NLL per completion token", title="SFT learning curve")
-    ax1.legend()
-    ax2.bar([r.stage for r in results], [r.gold_reward for r in results], color=["#999", "#4c72b0"])
-    ax2.axhline(0.5, ls="--", c="k", lw=0.8)
-    ax2.set(ylim=(0, 1), ylabel="mean gold reward", title="Gold sentiment reward per stage")
-    fig.tight_layout()
-    path = out / "report.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def pairs_stage(demo: Demo) -> StageResult:
+    """SFT samples labelled by the simulated labeler (train) and by the gold reward (held-out, ties dropped)."""
+    cfg, out = demo.cfg, demo.out / "pairs"
+    pairs = sentiment_pairs(cfg.pairs, seed=cfg.seed + 1, temperature=cfg.labeler_temperature, policy=demo.sft,
+                            tokenizer=demo.tokenizer, max_new_tokens=cfg.max_new_tokens)
+    train, held = train_eval_split(pairs, cfg.heldout_fraction, seed=cfg.seed)
+    gold = [p if p.score_chosen > p.score_rejected else dataclasses.replace(
+        p, chosen=p.rejected, rejected=p.chosen, score_chosen=p.score_rejected, score_rejected=p.score_chosen)
+        for p in held if p.score_chosen != p.score_rejected]
+    demo.train_pairs = write_pairs(train, out / "train.jsonl")
+    demo.heldout_pairs = write_pairs(gold, out / "heldout.jsonl")
+    decided = [p for p in train if p.score_chosen != p.score_rejected]  # a tie's label is a coin flip
+    agree = sum(p.score_chosen > p.score_rejected for p in decided) / max(len(decided), 1)
+    info = {"sampled": cfg.pairs, "train_pairs": len(train), "heldout_pairs": len(gold),
+            "heldout_ties_dropped": len(held) - len(gold), "train_labels_agree_with_gold": agree,
+            "train_gold_ties": sum(p.score_chosen == p.score_rejected for p in train)}
+    log.info("pairs: %s", info)
+    samples = [f"{p.prompt} | chosen:{p.chosen} | rejected:{p.rejected}" for p in train[:4]]
+    return StageResult("pairs", info=info, samples=samples, run_dir=str(out))
 
 
-def table(results: list[StageResult]) -> str:
-    lines = [f"{'stage':<8} {'gold reward':>12} {'KL to base':>11}"]
-    lines += [f"{r.stage:<8} {r.gold_reward:>12.3f} {r.kl_to_base:>11.2f}" for r in results]
-    return "\n".join(lines)
+def rm_stage(demo: Demo) -> StageResult:
+    """A Bradley-Terry RM from the SFT model on the train pairs; accuracy vs gold on the held-out pairs."""
+    cfg, out = demo.cfg, demo.out / "rm"
+    reward.main(reward.RewardConfig(
+        model=ModelConfig(path=str(demo.sft_path)),
+        data=DataConfig(dataset=str(demo.train_pairs), max_length=MAX_LENGTH, eval_fraction=0.1),
+        optim=OptimConfig(lr=cfg.rm_lr, batch_size=32, max_steps=cfg.rm_steps, warmup_steps=5, scheduler="linear"),
+        log=LogConfig(output_dir=str(out), log_every=5, eval_every=max(cfg.rm_steps // 4, 1), save_every=0,
+                      progress=cfg.progress),
+        seed=cfg.seed))
+    heldout = reward_eval.main(reward_eval.RewardEvalConfig(
+        model=str(out), dataset=str(demo.heldout_pairs), output_dir=str(out / "heldout"), max_length=MAX_LENGTH))
+    demo.rm_path, demo.rm = out, load_reward_model(str(out)).eval()
+    for r in demo.results:  # the stages before the RM get their proxy reward now
+        if r.proxy_reward is None and r.stage in demo.rollouts:
+            r.proxy_reward = float(proxy_scores(demo, demo.rollouts[r.stage]).mean())
+    return StageResult("rm", rm_accuracy=heldout["accuracy"], run_dir=str(out),
+                       info={"heldout_pairs": heldout["pairs"], "heldout_ece": heldout["ece"]})
+
+
+def dpo_stage(demo: Demo) -> StageResult:
+    """DPO from the SFT model (also the reference) on the train pairs; checkpoints measured on the way."""
+    cfg, out = demo.cfg, demo.out / "dpo"
+    every = max(cfg.dpo_steps // cfg.dpo_evals, 1)
+    preference.main(preference.PreferenceConfig(
+        model=ModelConfig(path=str(demo.sft_path)),
+        data=DataConfig(dataset=str(demo.train_pairs), max_length=MAX_LENGTH, eval_fraction=0.1),
+        optim=OptimConfig(lr=cfg.dpo_lr, batch_size=16, max_steps=cfg.dpo_steps, warmup_steps=5),
+        log=LogConfig(output_dir=str(out), log_every=5, eval_every=every, save_every=every, keep_checkpoints=0,
+                      progress=cfg.progress),
+        pref=preference.PreferenceOptions(loss="dpo", beta=cfg.dpo_beta, ref_cache_dir=str(out / "ref-cache")),
+        seed=cfg.seed))
+    final = evaluate(demo, "dpo", load_model(str(out)), run_dir=str(out))
+    return with_curve(demo, final, out, start=result_of(demo, "sft"))
+
+
+STAGES = (base_stage, sft_stage, pairs_stage, rm_stage, dpo_stage)
+"""The pipeline in order: each `stage(demo) -> StageResult` reads what the earlier ones left in `demo`."""
 
 
 def main(cfg: DemoConfig) -> list[StageResult]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "sft", ignore_errors=True)  # the demo's own stage output from an earlier run
+    for name in ("sft", "pairs", "rm", "dpo", "ppo"):  # the demo's own stage outputs from an earlier run
+        shutil.rmtree(out / name, ignore_errors=True)
     torch.manual_seed(cfg.seed)
-    # 0. the base model (built and cached on first use) and held-out prompts
-    base_path = tiny_model_path()
-    tokenizer = load_tokenizer(str(base_path))
-    base = load_model(str(base_path))
-    prompts = sentiment.prompts(cfg.eval_prompts, seed=cfg.seed + 10_000)
-    results = [evaluate_policy("base", base, base, tokenizer, prompts, cfg)]
-    # 1. SFT on demonstrations
-    log.info("stage 1/1: SFT for %d steps", cfg.sft_steps)
-    sft_cfg = sft_config(cfg, base_path, out)
-    sft.main(sft_cfg)
-    policy = load_model(sft_cfg.log.output_dir)
-    results.append(evaluate_policy("sft", policy, base, tokenizer, prompts, cfg))
-    # 2. report
-    metrics = [json.loads(line) for line in (Path(sft_cfg.log.output_dir) / "metrics.jsonl").open()]
-    png = plot(out, results, metrics)
-    (out / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
-    print("\n" + table(results))
-    print(f"\nreport: {png}\nresults: {out / 'results.json'}")
-    return results
+    demo = Demo(cfg, out, prompts=sentiment.prompts(cfg.eval_prompts, seed=cfg.seed + 10_000))
+    for i, stage in enumerate(STAGES):
+        log.info("demo stage %d/%d: %s", i + 1, len(STAGES), stage.__name__.removesuffix("_stage"))
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = stage(demo)
+        result.seconds, result.cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        demo.results.append(result)
+    (out / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in demo.results], indent=2))
+    html = write_report(out, demo.results, cfg)
+    print("\n" + table(demo.results))
+    print(f"\nreport: {html}\nresults: {out / 'results.json'}")
+    return demo.results
