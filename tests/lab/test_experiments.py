@@ -62,3 +62,48 @@ def test_preference_losses_tiny(tiny_path, tmp_path):
     assert all(r["kl"] > 0 for r in runs.values())  # every loss moved the policy off the SFT model
     raised = result["checks"][0]
     assert raised["holds"], raised  # on clean labels the losses raise gold reward over SFT
+
+
+def check(result: dict, words: str) -> dict:
+    return next(c for c in result["checks"] if words in c["claim"])
+
+
+@pytest.mark.slow
+def test_instructgpt_tiny(tiny_path, tmp_path):
+    result = run_tiny("instructgpt", tmp_path)
+    assert set(result["numbers"]["stages"]) == {"base", "sft", "ppo"}
+    assert check(result, "SFT beats the base")["holds"]
+
+
+@pytest.mark.slow
+def test_hh_sqrt_kl_tiny(tiny_path, tmp_path):
+    result = run_tiny("hh-sqrt-kl", tmp_path)
+    points = result["numbers"]["points"]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert 0 < points[1]["kl"] < points[2]["kl"]  # PPO moves the policy steadily away from the SFT model
+    assert {"intercept", "slope", "r2"} <= set(result["numbers"]["fit"])
+
+
+@pytest.mark.slow
+def test_rm_ensembles_tiny(tiny_path, tmp_path):
+    result = run_tiny("rm-ensembles", tmp_path)
+    runs = result["numbers"]["runs"]
+    assert set(runs) == {"single", "min"}
+    assert all(r["final_kl"] > 0 and r["peak_gold"] >= r["final_gold"] for r in runs.values())
+
+
+@pytest.mark.slow
+def test_dpo_frontier_tiny(tiny_path, tmp_path):
+    result = run_tiny("dpo-frontier", tmp_path)
+    points = result["numbers"]["points"]
+    assert len(points["dpo"]) == len(points["ppo"]) == 2  # checkpoints at steps 2 and 4
+    assert check(result, "raise gold reward over SFT")["holds"]
+
+
+@pytest.mark.slow
+def test_overoptimization_tiny(tiny_path, tmp_path):
+    result = run_tiny("overoptimization", tmp_path)
+    bon = result["numbers"]["bon"]["32"]
+    assert bon["k"] == [1, 2, 4] and bon["d"][0] == 0.0
+    assert bon["proxy"] == sorted(bon["proxy"])  # the proxy's best-of-k pick scores higher with k
+    assert check(result, "raises the proxy reward")["holds"]

@@ -3,14 +3,17 @@ and scoring it by the gold reward, reading a run's metrics, and a line plot. Pub
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
 from alignlab.eval import sequence_kl
-from alignlab.lab.base import tiny_model_path
+from alignlab.lab.base import cache_root, tiny_model_path
 from alignlab.lab.datasets import dataset_path
 from alignlab.lab.labeler import flip_labels
 from alignlab.lab.pairs import sentiment_pairs, write_pairs
@@ -21,15 +24,31 @@ from alignlab.rollout import Sampling, make_engine
 
 
 def sft_policy(out: Path, *, steps: int, seed: int, progress: bool, dataset: str = "sentiment-sft") -> Path:
-    """The lab tiny base model fine-tuned on a lab SFT dataset for `steps` steps; returns its directory."""
-    cfg = sft.SFTConfig(
-        model=ModelConfig(path=str(tiny_model_path())),
-        data=DataConfig(dataset=str(dataset_path(dataset)), max_length=64, eval_fraction=0.0),
-        optim=OptimConfig(lr=1e-3, batch_size=32, max_steps=steps, warmup_steps=min(10, steps // 4)),
-        log=LogConfig(output_dir=str(out), log_every=10, save_every=0, tensorboard=False, progress=progress),
-        seed=seed)
-    sft.main(cfg)
-    return out
+    """The lab tiny base model fine-tuned on a lab SFT dataset for `steps` steps; returns its directory.
+
+    Experiments share this stage: the result is cached in the lab cache under a key of (base model, dataset,
+    steps, seed), so a second experiment (or a rerun) reuses it; `out` holds a note pointing at it."""
+    base = tiny_model_path()
+    key = hashlib.sha256(f"{base.name}-{dataset_path(dataset).name}-{steps}-{seed}".encode()).hexdigest()[:12]
+    cached = cache_root() / "sft" / f"{dataset}-{key}"
+    if not (cached / "config.json").exists():
+        work = cached.parent / f".tmp-{cached.name}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        cfg = sft.SFTConfig(
+            model=ModelConfig(path=str(base)),
+            data=DataConfig(dataset=str(dataset_path(dataset)), max_length=64, eval_fraction=0.0),
+            optim=OptimConfig(lr=1e-3, batch_size=32, max_steps=steps, warmup_steps=min(10, steps // 4)),
+            log=LogConfig(output_dir=str(work), log_every=10, save_every=0, tensorboard=False, progress=progress),
+            seed=seed)
+        sft.main(cfg)
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        if cached.exists():  # a concurrent twin finished first: keep its copy
+            shutil.rmtree(work)
+        else:
+            os.replace(work, cached)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "SFT_POLICY.txt").write_text(f"{cached}\n")
+    return cached
 
 
 def pair_files(out: Path, policy: Path, *, train: int, held_out: int, seed: int, labeler_temperature: float,
@@ -118,7 +137,7 @@ def checkpoint_curve(run_dir: Path, reference, tokenizer, *, prompts: int, seed:
 
 def train_ppo(out: Path, policy: Path, sources: list[str], *, steps: int, save_every: int, seed: int,
               progress: bool, critic_path: Path | None = None, kl_coef: float = 0.01, kl_target: float | None = None,
-              combine: str = "sum", lr: float = 3e-4, prompts_per_step: int = 16) -> Path:
+              combine: str = "sum", lr: float = 1e-4, prompts_per_step: int = 16) -> Path:
     """PPO (`alignlab ppo`) from `policy` on the sentiment prompts against the reward `sources` (e.g.
     `rm:DIR`), every `save_every` steps a checkpoint kept; returns the run directory."""
     from alignlab.config import RolloutConfig

@@ -17,7 +17,7 @@ from alignlab.recipes import reward_eval
 PAPER = "Ouyang et al. 2022, Training language models to follow instructions with human feedback (arXiv:2203.02155)"
 CLAIM = "PPO against a learned reward model lifts the (gold) quality over the SFT policy, which lifts it over the base."
 SCALES = {
-    "tiny": {"sft_steps": 20, "pairs": 64, "heldout": 32, "rm_epochs": 1, "ppo_steps": 4, "eval_prompts": 16},
+    "tiny": {"sft_steps": 20, "pairs": 48, "heldout": 24, "rm_epochs": 1, "ppo_steps": 3, "eval_prompts": 16},
     "default": {"sft_steps": 150, "pairs": 1024, "heldout": 256, "rm_epochs": 2, "ppo_steps": 60,
                 "eval_prompts": 128},
     "large": {"sft_steps": 300, "pairs": 4096, "heldout": 512, "rm_epochs": 2, "ppo_steps": 200,

@@ -37,7 +37,7 @@ CLAIM = ("Against a proxy RM, the gold reward follows R_bon(d) = d(alpha - beta 
          "behind it, and proxy RMs trained on more data are overoptimized less.")
 GOLD = f"python:alignlab.lab.rewards:{LAB_REWARDS['sentiment-gold']}"
 SCALES = {
-    "tiny": {"sft_steps": 10, "rm_sizes": [32], "rm_epochs": 1, "n_max": 4, "bon_prompts": 8, "ppo_steps": 4,
+    "tiny": {"sft_steps": 20, "rm_sizes": [32], "rm_epochs": 1, "n_max": 4, "bon_prompts": 8, "ppo_steps": 4,
              "ppo_save_every": 2, "eval_prompts": 16},
     "default": {"sft_steps": 150, "rm_sizes": [128, 1024], "rm_epochs": 2, "n_max": 64, "bon_prompts": 64,
                 "ppo_steps": 60, "ppo_save_every": 10, "eval_prompts": 96},

@@ -27,7 +27,7 @@ RUNS = {"single": ("single", "sum"), "mean": ("ensemble", "mean"), "min": ("ense
         "mean_minus_std": ("ensemble", "mean_minus_std")}
 """Run -> (which RM, reward.combine)."""
 SCALES = {
-    "tiny": {"runs": ["single", "min"], "sft_steps": 20, "pairs": 64, "heads": 2, "ppo_steps": 4, "save_every": 2,
+    "tiny": {"runs": ["single", "min"], "sft_steps": 20, "pairs": 48, "heads": 2, "ppo_steps": 2, "save_every": 1,
              "eval_prompts": 16},
     "default": {"runs": list(RUNS), "sft_steps": 150, "pairs": 512, "heads": 4, "ppo_steps": 60, "save_every": 10,
                 "eval_prompts": 96},
