@@ -30,6 +30,7 @@ Departures from the papers:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -149,6 +150,7 @@ class Samples:
     """One round's P x n samples, prompt-major (row i*n + j is prompt i's j-th sample)."""
 
     prompts: list[str]  # (B,) prompt text exactly as the policy continued it
+    rows: list[int]  # (B,) dataset row of each sample's prompt
     completions: list[str]  # (B,)
     columns: dict[str, list]  # column -> (B,) the prompt rows' other fields, repeated per sample
     finished: torch.Tensor  # (B,) bool: stopped at EOS
@@ -169,6 +171,7 @@ def generate(engine, prompts: PromptSet, indices: list[int], cfg: BoNConfig, ite
             parts.append(sample(engine, prompts, chunk, cfg.bon.sampling, n, seed=seed))
             bar.update(min((done + 1) * per_call, len(indices)))
     return Samples(prompts=[t for r, _ in parts for t in r.prompts],
+                   rows=[prompts.rows[i] for i in indices for _ in range(n)],
                    completions=[c for r, _ in parts for c in r.completions],
                    columns={k: [v for _, cols in parts for v in cols[k]] for k in prompts.columns},
                    finished=torch.cat([r.finished for r, _ in parts]),
@@ -257,7 +260,7 @@ def write_round(out: Path, samples: Samples, scores, evals, best, kept, save_sam
     if save_samples:
         is_best = set(best.tolist())
         write_jsonl(out / "samples.jsonl", [
-            {"prompt_index": i // n, "sample": i % n, "prompt": samples.prompts[i],
+            {"prompt_index": i // n, "sample": i % n, "row": samples.rows[i], "prompt": samples.prompts[i],
              "completion": samples.completions[i], "score": float(scores[i]), **extras(i),
              "finished": bool(samples.finished[i]), "best": i in is_best}
             for i in range(len(samples.completions))])
@@ -312,6 +315,13 @@ def run_round(iteration: int, policy, tokenizer, prompts: PromptSet, reward: Rew
     return round_metrics(samples, scores, evals, best, kept, n), best_path
 
 
+def free_memory() -> None:
+    """Return the memory of dropped models (call after the last reference is gone)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def summary(iteration: int, metrics: dict) -> str:
     line = (f"round {iteration}: {metrics['prompts']} prompts x {metrics.get('n', '')} samples, "
             f"score mean {metrics['score/mean']:.4f} best {metrics['score/best']:.4f}, KL_bon "
@@ -321,13 +331,8 @@ def summary(iteration: int, metrics: dict) -> str:
     return line
 
 
-def main(cfg: BoNConfig) -> dict:
-    """Best-of-n (and RAFT rounds); return the last round's metrics. Writes the run directory in docs/best-of-n.md."""
-    accelerator = make_accelerator(cfg.model.mixed_precision)
-    if accelerator.num_processes > 1:
-        raise ConfigError("alignlab bon runs in one process (generation is batched within it); launch it without "
-                          "torchrun/accelerate")
-    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb)
+def rounds_loop(cfg: BoNConfig, run: RunDir, device) -> dict:
+    """Load everything, then run the rounds (SFT between them); return the last round's metrics."""
     resume_point(run, False)  # refuse a directory that already holds a run
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -338,7 +343,7 @@ def main(cfg: BoNConfig) -> dict:
     run.save_config(cfg)
     load = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     policy_path, rounds = cfg.model.path, cfg.bon.iterations
-    policy = load_model(policy_path, **load).to(accelerator.device)
+    policy = load_model(policy_path, **load).to(device)
     history: list[dict] = []
     with StopSignal() as stop:
         for it in range(rounds):
@@ -356,14 +361,29 @@ def main(cfg: BoNConfig) -> dict:
                 log.warning("round %d kept no winners (bon.min_score=%s): the policy is not trained this round",
                             it + 1, cfg.bon.min_score)
                 continue
+            policy = None  # the SFT run loads its own copy
+            free_memory()
             if not train_on_winners(cfg, policy_path, best_path, out / "sft", it):
                 log.info("stop requested during SFT of round %d: exiting", it + 1)
                 break
             policy_path = str(out / "sft")
             tokenizer = load_tokenizer(policy_path, trust_remote_code=cfg.model.trust_remote_code)
-            policy = load_model(policy_path, **load).to(accelerator.device)
-    if policy_path != cfg.model.path:
-        save_model(policy, tokenizer, run.path)  # the final RAFT policy, loadable by plain transformers
+            policy = load_model(policy_path, **load).to(device)
+    if policy_path != cfg.model.path:  # the final RAFT policy, loadable by plain transformers
+        save_model(policy if policy is not None else load_model(policy_path, **load), tokenizer, run.path)
     (run.path / "metrics.json").write_text(json.dumps({**history[-1], "rounds": history}, indent=2) + "\n")
-    run.close()
     return history[-1]
+
+
+def main(cfg: BoNConfig) -> dict:
+    """Best-of-n (and RAFT rounds); return the last round's metrics. Writes the run directory in docs/best-of-n.md."""
+    accelerator = make_accelerator(cfg.model.mixed_precision)
+    if accelerator.num_processes > 1:
+        raise ConfigError("alignlab bon runs in one process (generation is batched within it); launch it without "
+                          "torchrun/accelerate")
+    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb)
+    try:
+        return rounds_loop(cfg, run, accelerator.device)
+    finally:
+        run.close()
+

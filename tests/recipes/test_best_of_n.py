@@ -71,6 +71,7 @@ def test_best_of_n_selects_each_prompts_best_and_writes_sft_data(tiny_model_dir,
         first = next(s for s in group if s["score"] == top)  # ties go to the first sample
         assert row["prompt"] == PROMPTS[i] and row["score"] == top and row["completion"] == first["completion"]
         assert [s["best"] for s in group].count(True) == 1 and first["best"]
+        assert {s["row"] for s in group} == {i + 1}  # the dataset row (1-based line) of the prompt
         assert row["bonus"] == 10 * (i % 2) and row["source_label"] == "x"  # columns kept; a clash renamed
         assert row["eval_score"] == float(len(row["completion"]))
         assert row["score"] == row["completion"].count("e") + row["bonus"]  # the reward saw the bonus column
