@@ -107,3 +107,14 @@ def test_overoptimization_tiny(tiny_path, tmp_path):
     assert bon["k"] == [1, 2, 4] and bon["d"][0] == 0.0
     assert bon["proxy"] == sorted(bon["proxy"])  # the proxy's best-of-k pick scores higher with k
     assert check(result, "raises the proxy reward")["holds"]
+
+
+@pytest.mark.slow
+def test_rl_algorithms_tiny(tiny_path, tmp_path):
+    result = run_tiny("rl-algorithms", tmp_path)
+    runs = result["numbers"]["runs"]
+    assert set(runs) == {"grpo", "rloo"}
+    for r in runs.values():  # each ran in its own process: its own wall time and peak memory
+        assert r["seconds"] > 0 and 100 < r["peak_rss_mb"] < 8000
+        assert 0.0 <= r["accuracy_start"] <= 1.0 and 0.0 <= r["accuracy_end"] <= 1.0
+    assert result["numbers"]["samples_per_step"] == 16
