@@ -1,5 +1,5 @@
-"""`alignlab demo`: base -> SFT -> reward model, and DPO from the SFT model, on the lab sentiment task, each
-stage measured against the programmatic gold reward.
+"""`alignlab demo`: base -> SFT -> reward model, then DPO and PPO from the SFT model side by side, on the lab
+sentiment task, each stage measured against the programmatic gold reward.
 
 Run:
     alignlab demo                      # builds the tiny base model on first use (no downloads)
@@ -14,17 +14,20 @@ Stages (one function each, run in the order of `STAGES`; training stages write n
          against the gold preference on the held-out pairs                                  -> `<out>/rm`
   dpo    DPO (`recipes.preference`, loss dpo) from the SFT model on the same train pairs; its checkpoints are
          evaluated along the way (gold and proxy reward, KL over training)                  -> `<out>/dpo`
+  ppo    PPO (`recipes.ppo`) from the SFT model against the reward model (its whitened score), critic
+         initialized from the RM, adaptive KL to the SFT model, EOS penalty; checkpoints evaluated -> `<out>/ppo`
 Each policy is sampled on review openings (one completion each, temperature 1; the grammar has 21 openings, so
 these are fresh draws, not unseen openings) and measured by the gold reward, the proxy reward (the RM's whitened
 score of the same samples; filled in for the stages before the RM once it exists) and k1 Monte-Carlo estimates
 of KL(policy || SFT) and KL(policy || base). Writes `results.json`, `report.html` (self-contained: table, plots,
 samples), `report.png`, prints the table; a rerun replaces the stage directories it made before.
 
-Adding a stage (PPO: after `rm_stage`, next to `dpo_stage`): write `ppo_stage(demo: Demo) -> StageResult` that trains
-from `demo.sft_path` with the reward model at `demo.rm_path` into `demo.out / "ppo"` (saving checkpoints), then
-returns `with_curve(demo, evaluate(demo, "ppo", policy, run_dir=str(run_dir)), run_dir, result_of(demo, "sft"))`;
-add its sizes to `DemoConfig` and the function to `STAGES`. Its table row, results.json entry, point and
-trajectory in the gold-vs-KL plot and its gold/proxy curve over training then appear without other changes.
+Adding a stage: write `x_stage(demo: Demo) -> StageResult` that trains from `demo.sft_path` (and, for an
+online method, the reward model at `demo.rm_path`) into `demo.out / "x"` (saving checkpoints), then returns
+`with_curve(demo, evaluate(demo, "x", policy, run_dir=str(run_dir)), run_dir, result_of(demo, "sft"))`, as
+`dpo_stage` and `ppo_stage` do; add its sizes to `DemoConfig` and the function to `STAGES`. Its table row,
+results.json entry, point and trajectory in the gold-vs-KL plot and its gold/proxy curve over training then
+appear without other changes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 import torch
 
-from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
+from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, RolloutConfig
 from alignlab.data import PromptCompletion, tokenize_sft
 from alignlab.data.split import train_eval_split
 from alignlab.errors import ConfigError
@@ -52,7 +55,8 @@ from alignlab.lab.pairs import sentiment_pairs, write_pairs
 from alignlab.lab.tasks import sentiment
 from alignlab.models import load_model, load_tokenizer
 from alignlab.models.reward import load_reward_model, normalize_scores
-from alignlab.recipes import preference, reward, reward_eval, sft
+from alignlab.recipes import ppo, preference, reward, reward_eval, sft
+from alignlab.rewards import RewardSourceConfig
 from alignlab.rollout import HFEngine, Sampling
 from alignlab.runtime import Progress
 
@@ -62,7 +66,7 @@ MAX_LENGTH = 64  # tokens of opening + completion in every stage's training data
 
 @dataclass
 class DemoConfig:
-    """The lab demo: base -> SFT -> reward model, and DPO from SFT, on the sentiment task, scored by gold."""
+    """The lab demo: base -> SFT -> reward model, then DPO and PPO from SFT, on the sentiment task, scored by gold."""
 
     output_dir: str = "runs/demo"
     """Where every stage's run directory and the report go."""
@@ -88,6 +92,14 @@ class DemoConfig:
     """DPO temperature beta of the implicit reward beta * log(pi / pi_sft)."""
     dpo_evals: int = 4
     """DPO checkpoints evaluated during training (gold and proxy reward and KL over training)."""
+    ppo_steps: int = 30
+    """PPO steps (16 openings x 2 completions each; 2 epochs x 2 minibatches per step)."""
+    ppo_lr: float = 2e-4
+    """PPO policy learning rate (constant; the critic uses 1e-3)."""
+    ppo_kl_target: float = 3.0
+    """Target KL(policy || SFT) of PPO's adaptive KL controller, nats per completion."""
+    ppo_evals: int = 3
+    """PPO checkpoints evaluated during training."""
     eval_prompts: int = 128
     """Review openings sampled per evaluated policy for the gold and proxy reward and the KL estimates."""
     max_new_tokens: int = 24
@@ -96,11 +108,14 @@ class DemoConfig:
     """Show progress bars."""
 
     def __post_init__(self):
-        for name in ("sft_steps", "pairs", "rm_steps", "dpo_steps", "dpo_evals", "eval_prompts", "max_new_tokens"):
+        for name in ("sft_steps", "pairs", "rm_steps", "dpo_steps", "dpo_evals", "ppo_steps", "ppo_evals",
+                     "eval_prompts", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.heldout_fraction < 1.0 or self.labeler_temperature < 0 or self.dpo_beta <= 0:
             raise ConfigError("heldout_fraction must be in (0, 1), labeler_temperature >= 0, dpo_beta > 0")
+        if self.ppo_lr <= 0 or self.ppo_kl_target <= 0:
+            raise ConfigError("ppo_lr and ppo_kl_target must be > 0")
 
 
 @dataclass
@@ -273,7 +288,27 @@ def dpo_stage(demo: Demo) -> StageResult:
     return with_curve(demo, final, out, start=result_of(demo, "sft"))
 
 
-STAGES = (base_stage, sft_stage, pairs_stage, rm_stage, dpo_stage)
+def ppo_stage(demo: Demo) -> StageResult:
+    """PPO from the SFT model (also the reference) against the RM's whitened score, the critic initialized from
+    the RM, adaptive KL; completions that never end get score -1. Checkpoints measured on the way."""
+    cfg, out = demo.cfg, demo.out / "ppo"
+    every = max(cfg.ppo_steps // cfg.ppo_evals, 1)
+    ppo.main(ppo.PPOConfig(
+        model=ModelConfig(path=str(demo.sft_path)),
+        data=DataConfig(dataset=str(dataset_path("sentiment-prompts")), eval_fraction=0.0),
+        optim=OptimConfig(lr=cfg.ppo_lr, max_steps=cfg.ppo_steps, scheduler="constant"),
+        log=LogConfig(output_dir=str(out), log_every=5, save_every=every, keep_checkpoints=0, progress=cfg.progress),
+        rollout=RolloutConfig(prompts_per_step=16, group_size=2, max_new_tokens=cfg.max_new_tokens,
+                              sample_every=every),
+        reward=RewardSourceConfig(sources=[f"rm:{demo.rm_path}"], max_length=MAX_LENGTH),
+        ppo=ppo.PPOOptions(critic_path=str(demo.rm_path), critic_lr=1e-3, kl_coef=0.1, kl_target=cfg.ppo_kl_target,
+                           kl_horizon=64, epochs=2, minibatches=2, missing_eos_penalty=-1.0),
+        seed=cfg.seed))
+    final = evaluate(demo, "ppo", load_model(str(out)), run_dir=str(out))
+    return with_curve(demo, final, out, start=result_of(demo, "sft"))
+
+
+STAGES = (base_stage, sft_stage, pairs_stage, rm_stage, dpo_stage, ppo_stage)
 """The pipeline in order: each `stage(demo) -> StageResult` reads what the earlier ones left in `demo`."""
 
 

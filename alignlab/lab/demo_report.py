@@ -131,6 +131,15 @@ def draw_dpo_margin(ax, runs: dict, results) -> None:
            "beta * (log-ratio chosen - rejected)", "DPO implicit reward margin")
 
 
+def draw_ppo(ax, runs: dict, results) -> None:
+    _lines(ax, runs["ppo"], {"score_normalized": "RM score (EOS penalty applied)", "reward": "score - beta * KL"},
+           "per completion", "PPO training samples")
+    twin = ax.twinx()
+    steps, kl = _series(runs["ppo"], "kl")
+    twin.plot(steps, kl, c="#bbbbbb", lw=1)
+    twin.set_ylabel("KL to SFT, nats (grey)")
+
+
 def draw_gold_proxy(ax, runs: dict, results) -> None:
     twin = ax.twinx()
     for r in (r for r in results if r.curve):
@@ -164,6 +173,8 @@ PANELS: list[tuple[str, str, Callable, tuple[str, ...]]] = [
      draw_rm, ("rm",)),
     ("dpo_loss", "DPO loss", draw_dpo_loss, ("dpo",)),
     ("dpo_margin", "DPO implicit reward margin (chosen minus rejected)", draw_dpo_margin, ("dpo",)),
+    ("ppo", "PPO: the RM score and the KL-penalized reward of each step's samples, and their KL to the SFT model",
+     draw_ppo, ("ppo",)),
     ("gold_proxy", "Gold and proxy reward of the policy's samples at each checkpoint", draw_gold_proxy, ()),
     ("gold_kl", "Gold reward against KL to the SFT model, every policy stage", draw_gold_kl, ()),
 ]
@@ -205,7 +216,8 @@ def overview_png(results, path: Path) -> Path:
     plt = _pyplot()
     runs = {r.stage: read_metrics(r.run_dir) for r in results}
     panels = [p for p in PANELS if all(runs.get(stage) for stage in p[3])]
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    rows = max(1, -(-len(panels) // 3))  # three panels per row, as many rows as needed
+    fig, axes = plt.subplots(rows, 3, figsize=(17, 4.5 * rows), squeeze=False)
     for ax, (_, _, draw, _) in zip(axes.flat, panels):
         draw(ax, runs, results)
     for ax in list(axes.flat)[len(panels):]:
