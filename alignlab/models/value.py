@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.errors import ConfigError
+from alignlab.models.load import _resolve
 from alignlab.models.logprobs import LogProbs, compute_logprobs
 from alignlab.models.reward import BIAS_KEY, GAIN_KEY, _load_head_model
 
@@ -108,8 +109,9 @@ def load_value_model(path: str | Path, *, dtype: str = "float32", trust_remote_c
     """
     from transformers import AutoConfig
 
+    path, _ = _resolve(path, "critic")
     try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(f"could not load critic config '{path}': {e}") from None
     arch = " ".join(config.architectures or [])

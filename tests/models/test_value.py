@@ -88,6 +88,8 @@ def test_critic_needs_one_output(tiny_model_dir, tiny_tokenizer, tmp_path):
     save_reward_model(load_reward_model(tiny_model_dir, num_labels=2), tiny_tokenizer, tmp_path / "rm2")
     with pytest.raises(ConfigError, match="one output"):
         load_value_model(tmp_path / "rm2")
+    with pytest.raises(ConfigError, match="critic path .* does not exist"):
+        load_value_model(tmp_path / "missing" / "rm")
 
 
 def test_value_head_shares_the_policy_forward(tiny_model_dir, tiny_tokenizer, tmp_path):
