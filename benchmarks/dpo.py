@@ -192,9 +192,11 @@ def markdown(summary: list[dict], info: dict, settings: dict) -> str:
                      f"{r['padding_pct']:.0f} | {r['startup_s']:.1f} | {r['loss']:.4f} | {r['foreign_cores']:.2f} |")
     notes = ", ".join(f"{m} {ref} {v}" for (m, ref), v in TRL_PERF_NOTES.items())
     lines += ["", "pairs/s: preference pairs per second in the measured window; tokens/s: non-pad tokens fed to "
-              "the model (alignlab holds each prompt once, TRL twice). *other load*: CPU cores other processes used during the run (above ~0.1 "
-              f"the numbers are disturbed). Target: ≥ 2× TRL pairs/s at ≤ TRL peak RSS. PERF-NOTES TRL pairs/s: "
-              f"{notes}."]
+              "the model (alignlab holds each prompt once, TRL twice). *other load*: CPU cores other processes used "
+              "during the run (above ~0.1 wall-clock numbers are disturbed). Target: ≥ 2× TRL pairs/s at ≤ TRL peak "
+              f"RSS. PERF-NOTES TRL pairs/s (2 threads, wall clock, idle machine): {notes}."]
+    if settings.get("note"):
+        lines += ["", settings["note"]]
     met = [f"{r['model']} {r['ref']}: {'met' if r['speedup_vs_trl'] >= 2 and r['rss_vs_trl'] <= 1 else 'not met'}"
            for r in summary if r["lib"] == "alignlab" and "speedup_vs_trl" in r]
     return "\n".join(lines + (["", "Target: " + "; ".join(met) + "."] if met else [])) + "\n"
@@ -233,9 +235,14 @@ def parent(a) -> None:
     settings = {"command": "python benchmarks/dpo.py " + " ".join(sys.argv[1:]), "repeats": a.repeats,
                 "warmup": {m: a.warmup or WARMUP[m] for m in models}, "steps": {m: a.steps or STEPS[m] for m in models},
                 "loadavg": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}", "batch_pairs": BATCH, "lr": LR,
-                "beta": BETA, "max_length": MAX_LENGTH, "clock": a.clock,
+                "beta": BETA, "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note,
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else
                                                          ", no allocator tunables")}
+    previous = RESULTS / "dpo.json"
+    if a.merge and previous.exists():
+        redone = {(m, ref, lib) for m in models for ref in refs for lib in libs}
+        runs = [r for r in json.loads(previous.read_text())["runs"] if (r["model"], r["ref"], r["lib"]) not in redone
+                and "error" not in r] + runs
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
     (RESULTS / "dpo.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
                                                   "runs": runs}, indent=1))
@@ -259,6 +266,9 @@ def parse_args(argv=None):
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="before each run, wait up to this long for other processes to go quiet")
     ap.add_argument("--max-load", type=float, default=0.15, metavar="CORES", help="what --wait-idle calls quiet")
+    ap.add_argument("--note", default="", help="a line written under the table (e.g. the machine's load)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep results/dpo.json's runs of the (model, reference, library) combinations not rerun")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--lib", "--model", "--ref", "--model-dir", "--data", "--out", "--progress-file"):
         ap.add_argument(name, help=argparse.SUPPRESS)

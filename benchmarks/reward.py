@@ -2,17 +2,19 @@
 
 Run (from the repository root; needs `pip install -e ".[bench]"`):
     python benchmarks/reward.py                      # tiny model, fp32, 8 pairs/batch, median of 3 (~5 min)
+    python benchmarks/reward.py --models tiny,small  # also the 47M model (4 pairs/batch; slow on 2 cores)
     python benchmarks/reward.py --repeats 1          # a quick look
     python benchmarks/reward.py --libs trl --merge   # redo one side, keep the other's runs
+    python benchmarks/reward.py --threads 1 --clock cpu   # on a busy machine: CPU-time clock, a load-robust proxy
 
 Writes benchmarks/results/reward.json (every run) and benchmarks/results/reward.md (the table, also printed).
 
-Fixtures (benchmarks/common.py): the `tiny` Llama (random weights, vocab 4096) and the SFT benchmark's prompt /
-completion rows (64-token prompts, 64-128-token completions); pair i is (prompt_i, completion_i,
+Fixtures (benchmarks/common.py): the `tiny` and `small` Llamas (random weights, vocab 4096) and the SFT benchmark's
+prompt / completion rows (64-token prompts, 64-128-token completions); pair i is (prompt_i, completion_i,
 completion_{i+1}), so chosen and rejected differ in length as in real data. Both libraries get a new score
-head on the same checkpoint, batch 8 pairs (16 sequences in one forward), fp32, lr 1e-5 constant, clipping
-1.0, max_length 256 (nothing truncated or filtered), no gradient checkpointing, no eval, no checkpoints inside
-the window. Timing: the StepClock of common.py (a forward pre-hook on the input embedding) over steps
+head on the same checkpoint, batch 8 pairs (tiny; 16 sequences in one TRL forward) or 4 (small), fp32, lr 1e-5
+constant, clipping 1.0, max_length 256 (nothing truncated or filtered), no gradient checkpointing, no eval, no
+checkpoints inside the window. Timing: the StepClock of common.py (a forward pre-hook on the input embedding) over steps
 [W, W+M) of a fresh process per run; samples/s counts PAIRS per second; tokens/s counts the non-pad tokens
 each library feeds the model (alignlab holds each pair's prompt once, TRL twice, so compare pairs/s). The
 machine's 1-minute load average is recorded before and after each run, next to `foreign_cores`
@@ -31,8 +33,9 @@ from pathlib import Path
 
 import common
 
-BATCH = 8  # pairs per step
-WARMUP, STEPS = 5, 30
+BATCH = {"tiny": 8, "small": 4}  # pairs per step
+WARMUP = {"tiny": 5, "small": 2}
+STEPS = {"tiny": 30, "small": 8}
 LR = 1e-5
 MAX_LENGTH = 256
 LIBS = ("alignlab", "trl")
@@ -69,7 +72,7 @@ def train_trl(model_dir: Path, data: Path, a, clock: common.StepClock, out_dir: 
     clock.attach(model)
     dataset = Dataset.from_list([json.loads(line) for line in data.open()])
     args = RewardConfig(
-        output_dir=out_dir, max_steps=a.total_steps, per_device_train_batch_size=BATCH, learning_rate=LR,
+        output_dir=out_dir, max_steps=a.total_steps, per_device_train_batch_size=a.batch_size, learning_rate=LR,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False,
         gradient_checkpointing=False, activation_checkpointing=False, max_length=MAX_LENGTH, report_to=[],
         save_strategy="no", eval_strategy="no", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0,
@@ -90,7 +93,7 @@ def train_alignlab(model_dir: Path, data: Path, a, clock: common.StepClock, out_
         model=ModelConfig(path=str(model_dir), dtype="float32", gradient_checkpointing=False),
         data=DataConfig(dataset=str(data), max_length=MAX_LENGTH, eval_fraction=0.0),
         optim=OptimConfig(lr=LR, scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-                          batch_size=BATCH, grad_accum=1, max_steps=a.total_steps),
+                          batch_size=a.batch_size, grad_accum=1, max_steps=a.total_steps),
         log=LogConfig(output_dir=out_dir, log_every=10**6, eval_every=0, save_every=10**6, keep_checkpoints=1,
                       tensorboard=False, progress=False),
         rm=reward.RewardOptions(normalize_on="none"),
@@ -109,138 +112,177 @@ def child(a) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-rm-{a.lib}-") as out_dir:
         extra = (train_trl if a.lib == "trl" else train_alignlab)(model_dir, Path(a.data), a, clock, out_dir)
     window = clock.window(a.warmup, a.steps)
-    window["pairs"] = a.steps * BATCH  # rows per forward differ (TRL: 2 per pair; alignlab: 1, prompt shared)
-    result = {"lib": a.lib, "warmup": a.warmup, "steps": a.steps, **window, **extra,
-              "startup_s": round(clock.calls[0][0] - t_start, 2), "peak_rss_mb": round(common.peak_rss_mb(), 1)}
+    window["pairs"] = a.steps * a.batch_size  # rows per forward differ (TRL: 2 per pair; alignlab: 1, prompt shared)
+    result = {"lib": a.lib, "model": a.model, "batch_size": a.batch_size, "warmup": a.warmup, "steps": a.steps,
+              **window, **extra, "startup_s": round(clock.calls[0][0] - t_start, 2),
+              "peak_rss_mb": round(common.peak_rss_mb(), 1)}
     Path(a.out).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------- the parent
 
 
-def metrics(run: dict, peak_gflops: float) -> dict:
-    s = run["seconds"]
+def metrics(run: dict, peak: dict, clock: str = "wall") -> dict:
+    """Per-run numbers; with clock="cpu" the seconds are the child's CPU time (use it with --threads 1) and MFU is
+    against the CPU-time matmul peak."""
+    s = run["seconds"] if clock == "wall" else run["cpu_seconds"]
     tok_s = run["tokens"] / s
+    model = run.get("model", "tiny")
     return {"samples_per_s": run["pairs"] / s, "tokens_per_s": tok_s,
-            "mfu_pct": 100 * 6 * common.matmul_params("tiny") * tok_s / (peak_gflops * 1e9),
+            "mfu_pct": 100 * 6 * common.matmul_params(model) * tok_s / (peak[clock] * 1e9),
             "peak_rss_mb": run["peak_rss_mb"], "padding_pct": 100 * (1 - run["tokens"] / run["padded_tokens"])}
 
 
-def summarize(runs: list[dict], peak: float) -> list[dict]:
+def summarize(runs: list[dict], peak: dict, clock: str) -> list[dict]:
     rows = []
-    for lib in LIBS:
-        ok = [r for r in runs if r["lib"] == lib and "error" not in r]
-        if not ok:
-            continue
-        ms = [metrics(r, peak) for r in ok]
-        row = {"lib": lib, "runs": len(ok), **{k: common.median([m[k] for m in ms]) for k in ms[0]}}
-        row["samples_per_s_range"] = [min(m["samples_per_s"] for m in ms), max(m["samples_per_s"] for m in ms)]
-        row["loss"] = common.median([r["loss"] for r in ok])
-        row["foreign_cores"] = max(r.get("foreign_cores", 0.0) for r in ok)
-        row["load_avg"] = [min(r["load_before"] for r in ok), max(r["load_after"] for r in ok)]
-        rows.append(row)
-    ref = next((r for r in rows if r["lib"] == "trl"), None)
+    for model in common.MODELS:
+        for lib in LIBS:
+            ok = [r for r in runs if r["lib"] == lib and r.get("model", "tiny") == model and "error" not in r]
+            if not ok:
+                continue
+            ms = [metrics(r, peak, clock) for r in ok]
+            row = {"model": model, "lib": lib, "batch_size": BATCH[model], "runs": len(ok),
+                   **{k: common.median([m[k] for m in ms]) for k in ms[0]}}
+            row["samples_per_s_range"] = [min(m["samples_per_s"] for m in ms), max(m["samples_per_s"] for m in ms)]
+            row["loss"] = common.median([r["loss"] for r in ok])
+            row["foreign_cores"] = max(r.get("foreign_cores", 0.0) for r in ok)
+            row["load_avg"] = [min(r["load_before"] for r in ok), max(r["load_after"] for r in ok)]
+            rows.append(row)
     for row in rows:
+        ref = next((r for r in rows if r["lib"] == "trl" and r["model"] == row["model"]), None)
         if ref and row["lib"] != "trl":
             row["speedup_vs_trl"] = row["samples_per_s"] / ref["samples_per_s"]
             row["rss_vs_trl"] = row["peak_rss_mb"] / ref["peak_rss_mb"]
     return rows
 
 
-def markdown(summary: list[dict], info: dict, peak: float, settings: dict) -> str:
+def markdown(summary: list[dict], info: dict, peak: dict, settings: dict) -> str:
+    clock = settings.get("clock", "wall")
     lines = [
         "# Reward-model benchmark: alignlab vs TRL", "",
         f"{info['date']} · {info['cpu']} ({info['cores']} cores) · {info['threads']} threads · torch {info['torch']} "
-        f"· transformers {info['transformers']} · trl {info['trl']}", "",
+        f"· transformers {info['transformers']} · trl {info['trl']} · alignlab {info.get('alignlab_commit', '')}", "",
         f"Command: `{settings['command']}`  ",
-        f"tiny Llama, fp32, {BATCH} pairs/step, warm-up {settings['warmup']} + {settings['steps']} measured steps, "
-        f"median of {settings['repeats']} fresh processes; {settings['env']}; fp32 matmul peak {peak:.0f} GFLOP/s.", "",
-        "| library | pairs/s | range | tokens/s | MFU % | peak RSS MB | pairs/s vs TRL | RSS vs TRL | padding % "
-        "| final loss | load avg (1 min) | other load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Llama, fp32, pairs/step {settings['batch_pairs']}, warm-up {settings['warmup']} + {settings['steps']} "
+        f"measured steps, median of {settings['repeats']} fresh processes; {settings['env']}; {clock} clock; fp32 "
+        f"matmul peak {peak[clock]:.0f} GFLOP/s ({clock} clock).", "",
+        "| model | library | pairs/step | pairs/s | range | tokens/s | MFU % | peak RSS MB | pairs/s vs TRL "
+        "| RSS vs TRL | padding % | final loss | load avg (1 min) | other load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
         lo, hi = r["samples_per_s_range"]
         rel = f"{r['speedup_vs_trl']:.2f}×" if "speedup_vs_trl" in r else ""
         rss = f"{r['rss_vs_trl']:.2f}×" if "rss_vs_trl" in r else ""
-        lines.append(f"| {r['lib']} | {r['samples_per_s']:.1f} | {lo:.1f}–{hi:.1f} | {r['tokens_per_s']:,.0f} "
-                     f"| {r['mfu_pct']:.1f} | {r['peak_rss_mb']:,.0f} | {rel} | {rss} | {r['padding_pct']:.0f} "
-                     f"| {r['loss']:.3f} | {r['load_avg'][0]:.1f}–{r['load_avg'][1]:.1f} | {r['foreign_cores']:.2f} |")
-    lines += ["", f"Reference (shared/PERF-NOTES.md, TRL on an idle machine): {TRL_PERF_NOTES['samples_per_s']} "
-              f"pairs/s, {TRL_PERF_NOTES['tokens_per_s']:,} tokens/s, {TRL_PERF_NOTES['peak_rss_mb']} MB. "
-              "Target: alignlab ≥ 1.5× TRL pairs/s at ≤ TRL peak RSS. *load avg*: the machine's 1-minute load "
-              "average around the runs (2 cores); *other load*: the most cores other processes used during a run."]
-    al = next((r for r in summary if "speedup_vs_trl" in r), None)
-    if al:
-        met = al["speedup_vs_trl"] >= 1.5 and al["rss_vs_trl"] <= 1.0
-        lines += ["", f"Target: {'met' if met else 'not met'} ({al['speedup_vs_trl']:.2f}× pairs/s, "
-                      f"{al['rss_vs_trl']:.2f}× RSS)."]
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {r['model']} | {r['lib']} | {r['batch_size']} | {r['samples_per_s']:.1f} | {lo:.1f}–{hi:.1f} "
+                     f"| {r['tokens_per_s']:,.0f} | {r['mfu_pct']:.1f} | {r['peak_rss_mb']:,.0f} | {rel} | {rss} "
+                     f"| {r['padding_pct']:.0f} | {r['loss']:.3f} | {r['load_avg'][0]:.1f}–{r['load_avg'][1]:.1f} "
+                     f"| {r['foreign_cores']:.2f} |")
+    lines += ["", f"Reference (shared/PERF-NOTES.md, TRL tiny on an idle machine, 2 threads, wall clock): "
+              f"{TRL_PERF_NOTES['samples_per_s']} pairs/s, {TRL_PERF_NOTES['tokens_per_s']:,} tokens/s, "
+              f"{TRL_PERF_NOTES['peak_rss_mb']} MB. Target: alignlab ≥ 1.5× TRL pairs/s at ≤ TRL peak RSS. tokens/s: "
+              "the non-pad tokens each library feeds the model (alignlab holds each prompt once, TRL twice: compare "
+              "pairs/s). *load avg*: the machine's 1-minute load average around the runs (2 cores); *other load*: "
+              "the most cores other processes used during a run (above ~0.1 wall-clock numbers are disturbed)."]
+    met = [f"{r['model']}: {'met' if r['speedup_vs_trl'] >= 1.5 and r['rss_vs_trl'] <= 1.0 else 'not met'} "
+           f"({r['speedup_vs_trl']:.2f}× pairs/s, {r['rss_vs_trl']:.2f}× RSS)"
+           for r in summary if "speedup_vs_trl" in r]
+    if settings.get("note"):
+        lines += ["", settings["note"]]
+    return "\n".join(lines + (["", "Target: " + "; ".join(met) + "."] if met else [])) + "\n"
 
 
 def parent(a) -> None:
-    libs = a.libs.split(",")
-    if any(lib not in LIBS for lib in libs):
-        sys.exit(f"unknown library in {libs}; choose from {LIBS}")
+    models, libs = a.models.split(","), a.libs.split(",")
+    for value, allowed in ((models, common.MODELS), (libs, LIBS)):
+        if any(v not in allowed for v in value):
+            sys.exit(f"unknown {value}; choose from {list(allowed)}")
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "reward.json"
     env = common.child_env(a.threads, a.glibc_tunables)
-    total = a.warmup + a.steps + 1
-    data = pair_dataset(max(1024, total * BATCH))
-    model_dir = common.model_dir("tiny")
+    warmup = {m: a.warmup or WARMUP[m] for m in models}
+    steps = {m: a.steps or STEPS[m] for m in models}
+    data = pair_dataset(max(1024, max((warmup[m] + steps[m] + 1) * BATCH[m] for m in models)))
+    model_dirs = {m: common.model_dir(m) for m in models}
     info = common.machine_info(a.threads)
     previous = json.loads(out_json.read_text()) if a.merge and out_json.exists() else {}
-    peak = a.peak_fp32 or previous.get("peak_fp32") or common.matmul_peak("fp32", repeats=3)["peak_gflops"]
+    peak = previous.get("peak") if previous.get("peak", {}).get("threads") == a.threads else None
+    if a.peak_fp32:
+        peak = {"wall": a.peak_fp32, "cpu": a.peak_fp32, "threads": a.threads}
+    if peak is None:  # in a child with the runs' threads and environment, like the runs themselves
+        peak = _probe_peak(env, a.threads)
     runs = []
     for rep in range(a.repeats):
-        for lib in libs:
-            label = f"{lib:8s} #{rep + 1}"
-            argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model-dir", str(model_dir),
-                    "--data", str(data), "--warmup", str(a.warmup), "--steps", str(a.steps),
-                    "--total-steps", str(total), "--threads", str(a.threads),
-                    "--out", str(log_dir / f"reward-{lib}-{rep + 1}.json"),
-                    "--progress-file", str(log_dir / "progress")]
-            if a.wait_idle:
-                common.wait_idle(a.wait_idle)
-            before = os.getloadavg()[0]
-            res = common.run_child(argv, env=env, log_path=log_dir / f"reward-{lib}-{rep + 1}.log", label=label)
-            res.update(lib=lib, repeat=rep + 1, load_before=before, load_after=os.getloadavg()[0])
-            runs.append(res)
-            msg = res.get("error") or (f"{metrics(res, peak)['samples_per_s']:.1f} pairs/s  "
-                                       f"RSS {res['peak_rss_mb']:.0f} MB  loss {res['loss']:.3f}  "
-                                       f"load {before:.1f}->{res['load_after']:.1f}  other {res['foreign_cores']:.2f}")
-            print(f"{label} {res['wall_s']:5.0f}s  {msg}", file=sys.stderr)
+        for model in models:
+            for lib in libs:
+                label, stem = f"{model:5s} {lib:8s} #{rep + 1}", f"reward-{model}-{lib}-{rep + 1}"
+                total = warmup[model] + steps[model] + 1
+                argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model", model,
+                        "--model-dir", str(model_dirs[model]), "--data", str(data), "--batch-size",
+                        str(BATCH[model]), "--warmup", str(warmup[model]), "--steps", str(steps[model]),
+                        "--total-steps", str(total), "--threads", str(a.threads),
+                        "--out", str(log_dir / f"{stem}.json"), "--progress-file", str(log_dir / "progress")]
+                if a.wait_idle:
+                    common.wait_idle(a.wait_idle)
+                before = os.getloadavg()[0]
+                res = common.run_child(argv, env=env, log_path=log_dir / f"{stem}.log", label=label)
+                res.update(lib=lib, model=model, repeat=rep + 1, load_before=before, load_after=os.getloadavg()[0])
+                runs.append(res)
+                msg = res.get("error") or (f"{metrics(res, peak, a.clock)['samples_per_s']:.1f} pairs/s  "
+                                           f"RSS {res['peak_rss_mb']:.0f} MB  loss {res['loss']:.3f}  "
+                                           f"load {before:.1f}->{res['load_after']:.1f}  "
+                                           f"other {res['foreign_cores']:.2f}")
+                print(f"{label} {res['wall_s']:5.0f}s  {msg}", file=sys.stderr)
     if previous.get("runs"):
-        runs = [r for r in previous["runs"] if r["lib"] not in libs] + runs
-    settings = {"command": "python benchmarks/reward.py " + " ".join(sys.argv[1:]), "warmup": a.warmup,
-                "steps": a.steps, "repeats": a.repeats, "batch_pairs": BATCH, "lr": LR, "max_length": MAX_LENGTH,
+        runs = [r for r in previous["runs"] if (r["lib"], r.get("model", "tiny")) not in
+                {(lib, m) for lib in libs for m in models}] + runs
+    settings = {"command": "python benchmarks/reward.py " + " ".join(sys.argv[1:]), "warmup": warmup,
+                "steps": steps, "repeats": a.repeats, "batch_pairs": {m: BATCH[m] for m in models}, "lr": LR,
+                "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note,
                 "env": f"{a.threads} threads" + (", GLIBC_TUNABLES for both" if a.glibc_tunables else
                                                   ", no allocator tunables")}
-    summary = summarize(runs, peak)
-    out_json.write_text(json.dumps({"machine": info, "settings": settings, "peak_fp32": peak, "summary": summary,
+    summary = summarize(runs, peak, a.clock)
+    out_json.write_text(json.dumps({"machine": info, "settings": settings, "peak": peak, "summary": summary,
                                     "runs": runs}, indent=1))
     md = markdown(summary, info, peak, settings)
     (RESULTS / "reward.md").write_text(md)
     print(md)
 
 
+def _probe_peak(env: dict, threads: int) -> dict:
+    """fp32 matmul peak (wall and CPU-time GFLOP/s) measured in a child with the runs' environment."""
+    import subprocess
+
+    code = (f"import json, common; common.setup_threads({threads}); p = common.matmul_peak('fp32', repeats=3); "
+            "print(json.dumps([p['peak_gflops'], p['peak_gflops_cpu']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    wall, cpu = json.loads(out)
+    return {"wall": wall, "cpu": cpu, "threads": threads}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="tiny", help="comma-separated: tiny,small")
     ap.add_argument("--libs", default="alignlab,trl", help="comma-separated: alignlab,trl")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per library (median)")
-    ap.add_argument("--warmup", type=int, default=WARMUP, help="warm-up steps before the measured window")
-    ap.add_argument("--steps", type=int, default=STEPS, help="measured steps")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per library and model (median)")
+    ap.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default per model: {WARMUP})")
+    ap.add_argument("--steps", type=int, default=None, help=f"measured steps (default per model: {STEPS})")
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads, same for both libraries")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time the window on the wall clock or on the child's CPU time (robust on a busy machine)")
     ap.add_argument("--glibc-tunables", action="store_true", help="GLIBC_TUNABLES of PERF-NOTES §2 for both")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="before each run, wait up to this long for other processes to go quiet")
     ap.add_argument("--merge", action="store_true", help="keep results/reward.json's runs of libraries not rerun")
     ap.add_argument("--peak-fp32", type=float, default=None, help="skip the probe: fp32 matmul peak GFLOP/s")
+    ap.add_argument("--note", default="", help="a line written under the table (e.g. the machine's load)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--lib", "--model-dir", "--data", "--out", "--progress-file"):
+    for name in ("--lib", "--model", "--model-dir", "--data", "--out", "--progress-file"):
         ap.add_argument(name, help=argparse.SUPPRESS)
-    ap.add_argument("--total-steps", type=int, help=argparse.SUPPRESS)
+    for name in ("--total-steps", "--batch-size"):
+        ap.add_argument(name, type=int, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 

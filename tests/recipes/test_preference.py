@@ -226,3 +226,19 @@ def test_cli_loss_alias_and_config_errors():
         PreferenceOptions(loss="cdpo")
     with pytest.raises(ConfigError, match="lora"):
         PreferenceConfig(pref=PreferenceOptions(reference="lora_base"))
+
+
+@pytest.mark.parametrize("loss", ["dpo", "tdpo", "cpo", "simpo"])
+def test_shared_prompt_rows_give_the_metrics_of_separate_rows(loss, tiny_model_dir, pairs, tmp_path):
+    """One batch holds every training pair, so both layouts see the same examples: every logged number (loss,
+    rewards, log-probs, KL, NLL terms, eval after one update) agrees; only the layout (B vs 2B rows) differs."""
+    runs = {}
+    for shared in (True, False):
+        out = tmp_path / f"run-{shared}"
+        runs[shared] = main(config(tiny_model_dir, pairs, out, tmp_path / f"cache-{shared}", pref__loss=loss,
+                                   pref__share_prompt=shared, optim__batch_size=64, optim__max_steps=1))
+        assert ("prompt shared by chosen and rejected" in run_log(out)) == shared
+    keys = set(runs[True]) - {"tokens_per_s"}
+    assert keys == set(runs[False]) - {"tokens_per_s"} and {"loss", "eval/loss", "logps/chosen"} <= keys
+    for key in keys:
+        assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-4, abs=1e-5), key
