@@ -10,7 +10,8 @@ hidden states, logits and log-probs equal those of the unshared layout up to flo
 The first rejected token is predicted by the prompt's last hidden state, not by the token before it in the row:
 `source_positions` gives the predicting position of every token. transformers (checked on 5.23) hands a 4D mask
 to the attention as it is; SDPA takes it as bool (True = attend), eager attention adds it, so it is float there.
-FlashAttention-style kernels take no custom mask: `supports_shared_prompt` is False for them.
+FlashAttention-style kernels take no custom mask, and a custom mask replaces the sliding window transformers would
+build: `supports_shared_prompt` is False for those kernels and for windows a row could exceed.
 
 Saved work: the prompt's tokens once per pair instead of twice (for 64-token prompts and 64-128-token completions,
 about a fifth of the tokens) and the padding of the shorter completion; the attention of the longer row costs
@@ -40,11 +41,20 @@ def attention_impl(model: nn.Module) -> str | None:
     return getattr(getattr(inner_model(model), "config", None), "_attn_implementation", None)
 
 
-def supports_shared_prompt(model: nn.Module) -> bool:
-    """Whether `model` can run shared-prompt rows: a transformers model with SDPA or eager attention (both take a
-    custom 4D mask), `position_ids`, and no prompt-learning peft adapter (virtual tokens shift every position)."""
+def supports_shared_prompt(model: nn.Module, max_tokens: int | None = None) -> bool:
+    """Whether `model` can run shared-prompt rows of up to `max_tokens` tokens: a transformers model with SDPA or
+    eager attention (both take a custom 4D mask), `position_ids`, no prompt-learning peft adapter (virtual tokens
+    shift every position), and no sliding-window layer whose window a row could exceed (a custom 4D mask replaces
+    the window that transformers would build)."""
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        return False
+    config = getattr(inner_model(model), "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    windowed = window and (not layer_types or any("sliding" in t or "chunk" in t for t in layer_types))
+    if windowed and (max_tokens is None or max_tokens > window):
         return False
     return attention_impl(model) in ("sdpa", "eager")
 

@@ -288,7 +288,8 @@ def main(cfg: PreferenceConfig) -> dict:
     run.save_config(cfg)
     model = model_from_config(cfg.model, tokenizer=tokenizer)
     mode, pad_id, device = cfg.reference_mode, tokenizer.pad_token_id, accelerator.device
-    shared = cfg.pref.share_prompt and cfg.data_kind == "preference" and supports_shared_prompt(model)
+    shared = (cfg.pref.share_prompt and cfg.data_kind == "preference"
+              and supports_shared_prompt(model, max_tokens=2 * cfg.data.max_length))
     log.info("loss %s, reference: %s%s", cfg.pref.loss, mode, ", prompt shared by chosen and rejected" * shared)
     live = None  # 0. the reference: a frozen copy, the LoRA base of the policy, or log-probs computed once
     if mode in ("copy", "lora_base"):

@@ -324,7 +324,7 @@ def main(cfg: RewardConfig) -> dict:
 
     # 2. model, optimizer, schedule
     model = build_model(cfg, tokenizer, data.attribute_names)
-    if cfg.rm.objective == "bradley_terry" and cfg.rm.share_prompt and shares_prompt(model):
+    if cfg.rm.objective == "bradley_terry" and cfg.rm.share_prompt and shares_prompt(model, 2 * cfg.data.max_length):
         pipeline = PIPELINES["shared_pairs"]
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim)

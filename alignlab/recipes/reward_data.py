@@ -103,9 +103,10 @@ def shared_prompt_batch(feats, pad_id):
     return batch
 
 
-def shares_prompt(model) -> bool:
-    """Whether `shared_prompt_scores` can run `model`: a custom 4D mask (SDPA/eager attention) and a `score` head."""
-    return supports_shared_prompt(model) and hasattr(inner_model(model), "score")
+def shares_prompt(model, max_tokens: int | None = None) -> bool:
+    """Whether `shared_prompt_scores` can run `model` on rows of up to `max_tokens` tokens: a custom 4D mask
+    (`alignlab.models.shared_prompt.supports_shared_prompt`) and a `score` head."""
+    return supports_shared_prompt(model, max_tokens) and hasattr(inner_model(model), "score")
 
 
 def shared_prompt_scores(model, batch) -> torch.Tensor:

@@ -122,3 +122,8 @@ def test_supports_shared_prompt():
     model = llama("sdpa")
     model.config._attn_implementation = "flash_attention_2"
     assert not supports_shared_prompt(model)
+    from transformers import MistralConfig, MistralForCausalLM
+
+    windowed = MistralForCausalLM(MistralConfig(**SMALL, sliding_window=16, attn_implementation="sdpa"))
+    assert supports_shared_prompt(windowed, max_tokens=16)  # no row is longer than the window
+    assert not supports_shared_prompt(windowed, max_tokens=17) and not supports_shared_prompt(windowed)
