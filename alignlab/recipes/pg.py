@@ -5,18 +5,14 @@ Run:
         --output-dir runs/grpo --max-steps 100
     alignlab grpo --config examples/grpo.yaml --pg.advantage rloo --pg.kl-coef 0.02
 
-One step, B = P prompts x G completions (`rollout.prompts_per_step`, `rollout.group_size`):
-  1. sample      G completions of each of P prompts from the current policy; DAPO drops groups whose scores
-                 are all equal and samples more prompts (at most `pg.max_resample` times); ReMax adds one
-                 greedy completion per prompt, its baseline
-  2. score       the reward source scores every completion in one call (DAPO adds the soft overlong penalty);
-                 old log-probs (only when the update is not fully on-policy or the KL goes into the reward)
-                 and reference log-probs (only when there is a KL term) under softmax(logits / temperature)
+One step, B = P prompts x G completions (`rollout.prompts_per_step`, `rollout.group_size`), numbered so in `main`:
+  1. sample      G completions per prompt (DAPO: drop all-equal groups and sample more; ReMax: + one greedy one)
+  2. score       one batched reward call (DAPO: + overlong penalty); old log-probs only when the update is not
+                 fully on-policy or the KL goes into the reward, reference log-probs only with a KL term
   3. advantages  the estimator's baseline (`ESTIMATORS`); with `kl_in: reward` the KL is subtracted first
-  4. update      `pg.epochs` x `pg.minibatches` optimizer steps of the clipped surrogate (+ kl_coef * KL with
-                 `kl_in: loss`), reduced with `aggregate(..., mode=pg.aggregate)`; truncated importance weights
-                 min(pi_old / pi_sampler, tis_cap) when the engine reports its own log-probs
-  5. log / checkpoint; generations go to `samples/step-N.jsonl` every `rollout.sample_every` steps
+  4. update      `pg.epochs` x `pg.minibatches` clipped-surrogate steps (+ kl_coef * KL with `kl_in: loss`),
+                 reduced by `aggregate(..., mode=pg.aggregate)`, times truncated importance weights (TIS)
+  5. log / checkpoint; generations to `samples/step-N.jsonl` every `rollout.sample_every` steps
 
 Every estimator's defaults are written out in `PRESETS`; a `pg.*` field set explicitly overrides its preset
 (the effective values are logged at start and are `PGConfig.settings`). Departures from the papers:
@@ -25,8 +21,7 @@ Every estimator's defaults are written out in `PRESETS`; a `pg.*` field set expl
   and, being independent of the sampled completion, keeps the gradient unbiased);
 - DAPO's dynamic sampling is bounded: after `max_resample` extra rounds the step trains on the groups it has
   (with none left it trains on the last round as sampled, whose group advantages are all 0);
-- with several processes each samples its own P prompts; group baselines are per prompt and unaffected, but
-  REINFORCE++'s batch whitening uses the process's own batch.
+- with several processes each samples its own P prompts: REINFORCE++ whitens over the process's own batch.
 """
 
 from __future__ import annotations
@@ -34,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Annotated, Literal
 
 import torch
@@ -48,6 +44,7 @@ from alignlab.losses.pg import approx_kl, clipped_policy_loss, kl_estimate, trun
 from alignlab.models import compute_logprobs, load_tokenizer, model_from_config, save_model
 from alignlab.models.load import is_lora
 from alignlab.models.reference import LiveReference, frozen_copy
+from alignlab.models.value import disable_dropout
 from alignlab.rewards import RewardSourceConfig, build_reward
 from alignlab.rollout import make_engine
 from alignlab.rollout.experience import (
@@ -89,20 +86,17 @@ Advantage = Literal["grpo", "dr_grpo", "dapo", "rloo", "remax", "reinforce_pp"]
 Aggregate = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
 
 PRESETS: dict[str, dict] = {
-    # Shao et al. 2024 (arXiv:2402.03300) Eq. 3-4: KL to the reference as a k3 loss term, beta 0.04;
-    # each sequence's token mean, then the mean over sequences.
+    # Shao et al. 2024 (arXiv:2402.03300) Eq. 3-4: k3 KL loss, beta 0.04; token mean per sequence, then mean.
     "grpo": dict(kl_coef=0.04, kl_estimator="k3", kl_in="loss", clip_eps=0.2, clip_eps_high=0.2,
                  aggregate="seq_mean_token_mean", dynamic_sampling=False, overlong_buffer=0.0),
-    # Liu et al. 2025 (arXiv:2503.20783) §3.1: no std and no per-sequence length normalization (sum over all
-    # tokens / (B * max_new_tokens)); no KL term (rule-based rewards).
+    # Liu et al. 2025 (arXiv:2503.20783) §3.1: no std, sum / (B * max_new_tokens) (no length bias), no KL.
     "dr_grpo": dict(kl_coef=0.0, kl_estimator="k3", kl_in="none", clip_eps=0.2, clip_eps_high=0.2,
                     aggregate="seq_mean_token_sum_norm", dynamic_sampling=False, overlong_buffer=0.0),
-    # Yu et al. 2025 (arXiv:2503.14476): clip-higher eps_high 0.28, token-level loss, dynamic sampling,
-    # soft overlong punishment over the last 20% of the budget (4096 of 20480 in the paper), no KL.
+    # Yu et al. 2025 (arXiv:2503.14476): clip-higher 0.28, token-level loss, dynamic sampling, overlong
+    # punishment over the last 20% of the budget (4096 of 20480 in the paper), no KL.
     "dapo": dict(kl_coef=0.0, kl_estimator="k3", kl_in="none", clip_eps=0.2, clip_eps_high=0.28,
                  aggregate="token_mean", dynamic_sampling=True, overlong_buffer=0.2),
-    # Ahmadian et al. 2024 (arXiv:2402.14740) Eq. 6: sequence-level REINFORCE (summed token log-probs) with
-    # the KL penalty in the reward.
+    # Ahmadian et al. 2024 (arXiv:2402.14740) Eq. 6: sequence-level REINFORCE, KL penalty in the reward.
     "rloo": dict(kl_coef=0.05, kl_estimator="k1", kl_in="reward", clip_eps=0.2, clip_eps_high=0.2,
                  aggregate="seq_mean_token_sum", dynamic_sampling=False, overlong_buffer=0.0),
     # Li et al. 2023 (arXiv:2310.10505) Algorithm 1: sequence-level REINFORCE with the greedy baseline.
@@ -151,8 +145,7 @@ class PGOptions:
     max_resample: int = 3
     """Extra sampling rounds dynamic sampling may spend per step before training on what it has."""
     overlong_buffer: float | None = None
-    """DAPO soft overlong punishment: the last fraction of max_new_tokens over which the penalty ramps to -1
-    (0 = off)."""
+    """DAPO overlong punishment: the last fraction of max_new_tokens over which it ramps to -1 (0 = off)."""
     overlong_coef: float = 1.0
     """Weight of the overlong penalty added to the score."""
     epochs: int = 1
@@ -160,50 +153,21 @@ class PGOptions:
     minibatches: int = 1
     """Optimizer steps per epoch, each on 1/minibatches of the step's rows (shuffled)."""
     tis_cap: float = 2.0
-    """Truncated importance sampling cap C, weights min(pi_old / pi_sampler, C) when the engine reports its
-    log-probs (0 = off)."""
+    """Truncated importance sampling: weights min(pi_old / pi_sampler, cap) with engine log-probs (0 = off)."""
 
     def __post_init__(self):
         for name in ("kl_coef", "clip_eps", "clip_eps_high", "overlong_coef", "tis_cap"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"pg.{name} must be >= 0, got {value}")
-        for name in ("epochs", "minibatches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"pg.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_resample < 0:
-            raise ConfigError(f"pg.max_resample must be >= 0, got {self.max_resample}")
+        for name, low in (("epochs", 1), ("minibatches", 1), ("max_resample", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"pg.{name} must be >= {low}, got {getattr(self, name)}")
         if self.overlong_buffer is not None and not 0.0 <= self.overlong_buffer <= 1.0:
             raise ConfigError(f"pg.overlong_buffer is a fraction of max_new_tokens in [0, 1], got "
                               f"{self.overlong_buffer}")
         if self.aggregate_constant is not None and self.aggregate_constant <= 0:
             raise ConfigError(f"pg.aggregate_constant must be > 0, got {self.aggregate_constant}")
-
-
-@dataclass(frozen=True)
-class PGSettings:
-    """The effective `pg` settings: the estimator's preset with the explicitly set fields on top."""
-
-    advantage: str
-    kl_coef: float
-    kl_estimator: str
-    kl_in: str
-    clip_eps: float
-    clip_eps_high: float
-    aggregate: str
-    aggregate_constant: float
-    dynamic_sampling: bool
-    max_resample: int
-    overlong_buffer: int  # in tokens
-    overlong_coef: float
-    epochs: int
-    minibatches: int
-    tis_cap: float
-
-    @property
-    def needs_old_logprobs(self) -> bool:
-        """False for one epoch of one minibatch (old = current, detached) unless the KL goes into the reward."""
-        return self.epochs > 1 or self.minibatches > 1 or self.kl_in == "reward"
 
 
 @dataclass
@@ -234,38 +198,39 @@ class PGConfig:
                               " completions (rollout.prompts_per_step x rollout.group_size)")
         if s.clip_eps >= 1.0:
             raise ConfigError(f"pg.clip_eps must be < 1 (the ratio is kept >= 1 - clip_eps), got {s.clip_eps}")
-        if self.pg.overlong_buffer and s.overlong_buffer < 1:
+        if self.pg.overlong_buffer and round(s.overlong_buffer * self.rollout.max_new_tokens) < 1:
             raise ConfigError(f"pg.overlong_buffer {self.pg.overlong_buffer} of rollout.max_new_tokens "
                               f"{self.rollout.max_new_tokens} is less than one token")
 
     @property
-    def settings(self) -> PGSettings:
-        """The effective pg settings (preset + explicit fields); derived, never written back."""
+    def settings(self) -> PGOptions:
+        """The effective pg options: the estimator's preset with the explicitly set fields on top, and the
+        Dr.GRPO constant defaulting to max_new_tokens. Derived on each access, never written back."""
         chosen = {k: v for k, v in dataclasses.asdict(self.pg).items() if v is not None}
-        merged = {**PRESETS[self.pg.advantage], **chosen}
-        merged["overlong_buffer"] = round(merged["overlong_buffer"] * self.rollout.max_new_tokens)
-        merged.setdefault("aggregate_constant", float(self.rollout.max_new_tokens))
-        return PGSettings(**merged)
+        merged = {"aggregate_constant": float(self.rollout.max_new_tokens), **PRESETS[self.pg.advantage], **chosen}
+        return PGOptions(**merged)
+
+
+def needs_old_logprobs(s: PGOptions) -> bool:
+    """False for one epoch of one minibatch (old = current, detached) unless the KL goes into the reward."""
+    return s.epochs > 1 or s.minibatches > 1 or s.kl_in == "reward"
 
 
 # ---------------------------------------------------------------- the step's pieces
 
 
-def make_reference(model, s: PGSettings, autocast) -> LiveReference | None:
+def make_reference(model, s: PGOptions, autocast) -> LiveReference | None:
     """The reference policy when there is a KL term: the LoRA base (adapters off) or a frozen copy."""
     if s.kl_in == "none":
         return None
-    if is_lora(model):
-        return LiveReference(model, adapters_off=True, autocast=autocast)
-    return LiveReference(frozen_copy(model), autocast=autocast)
+    lora = is_lora(model)
+    return LiveReference(model if lora else frozen_copy(model), adapters_off=lora, autocast=autocast)
 
 
-def sample_step(cfg: PGConfig, s: PGSettings, engine, reward, prompts, order: PromptSampler, step: int, *,
+def sample_step(cfg: PGConfig, s: PGOptions, engine, reward, prompts, order: PromptSampler, step: int, *,
                 policy, reference, autocast, shard: tuple[int, int], pad_id: int) -> tuple[Experience, int]:
-    """# 1. sample and # 2. score: one step's experience, refilled by DAPO dynamic sampling; returns it and
-    the number of groups dropped."""
-    ro, g = cfg.rollout, cfg.rollout.group_size
-    sampling = sampling_of(ro)
+    """# 1. sample and # 2. score: one step's experience (refilled by DAPO) and the number of groups dropped."""
+    ro, g, sampling = cfg.rollout, cfg.rollout.group_size, sampling_of(cfg.rollout)
     parts, kept_rows, dropped, last = [], 0, 0, None
     for attempt in range(1 + (s.max_resample if s.dynamic_sampling else 0)):
         indices = order.next(ro.prompts_per_step, rank=shard[0], world=shard[1])
@@ -289,13 +254,13 @@ def sample_step(cfg: PGConfig, s: PGSettings, engine, reward, prompts, order: Pr
     return exp.select(range(min(len(exp), ro.prompts_per_step * g))), dropped
 
 
-def compute_advantages(exp: Experience, s: PGSettings, max_new_tokens: int) -> tuple[torch.Tensor, dict]:
+def compute_advantages(exp: Experience, s: PGOptions, max_new_tokens: int) -> tuple[torch.Tensor, dict]:
     """# 3. advantages (B, T) of the step's completions, 0 off the response mask, and diagnostics."""
-    mask = exp.response_mask
-    scores = exp.scores
-    if s.overlong_buffer > 0:  # DAPO Eq. 13: added to the (verifiable) score
+    mask, scores = exp.response_mask, exp.scores
+    buffer = round(s.overlong_buffer * max_new_tokens)  # a fraction of the budget, in tokens
+    if buffer > 0:  # DAPO Eq. 13: added to the (verifiable) score
         scores = scores + s.overlong_coef * adv.overlong_penalty(exp.lengths, max_length=max_new_tokens,
-                                                                  buffer=s.overlong_buffer)
+                                                                  buffer=buffer)
     kl = None
     if s.kl_in == "reward":  # the behaviour policy's KL to the reference, per token, (B, T)
         kl = torch.where(mask, kl_estimate(exp.old_logprobs, exp.ref_logprobs, kind=s.kl_estimator), 0.0)
@@ -312,7 +277,7 @@ def compute_advantages(exp: Experience, s: PGSettings, max_new_tokens: int) -> t
     return advantages, stats
 
 
-def policy_loss(model, micro: dict, s: PGSettings, temperature: float, weight) -> tuple[torch.Tensor, dict]:
+def policy_loss(model, micro: dict, s: PGOptions, temperature: float, weight) -> tuple[torch.Tensor, dict]:
     """The clipped-surrogate (+ KL) loss of one micro-batch, scaled by `weight` (its share of the minibatch),
     and its diagnostics."""
     mask = micro["response_mask"]
@@ -341,11 +306,10 @@ def policy_loss(model, micro: dict, s: PGSettings, temperature: float, weight) -
     return loss, stats
 
 
-def update(cfg: PGConfig, s: PGSettings, model, optimizer, accelerator, exp: Experience, step: int) -> dict:
+def update(cfg: PGConfig, s: PGOptions, model, optimizer, accelerator, exp: Experience, step: int) -> dict:
     """# 4. epochs x minibatches optimizer steps on the step's experience; mean diagnostics (tensors)."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    totals: dict[str, torch.Tensor] = {}
-    n_updates = 0
+    totals, n_updates = {}, 0
     for _ in range(s.epochs):
         for mb in minibatches(exp, s.minibatches, generator=gen if s.minibatches > 1 else None):
             mb = to_device(mb, accelerator.device)
@@ -368,7 +332,6 @@ def update(cfg: PGConfig, s: PGSettings, model, optimizer, accelerator, exp: Exp
     return {k: v / n_updates for k, v in totals.items()}
 
 
-@torch.no_grad()
 def evaluate(engine, reward, prompts, cfg: PGConfig) -> float:
     """Mean score of greedy completions of the held-out prompts."""
     rollouts, columns = sample(engine, prompts, range(len(prompts)), sampling_of(cfg.rollout, temperature=0), 1)
@@ -378,102 +341,110 @@ def evaluate(engine, reward, prompts, cfg: PGConfig) -> float:
 # ---------------------------------------------------------------- the loop
 
 
-def main(cfg: PGConfig) -> dict:
-    """Train; return the last logged metrics. Writes the run directory described in docs/runs.md."""
-    s = cfg.settings
+def setup(cfg: PGConfig, s: PGOptions) -> SimpleNamespace:
+    """Run directory, prompts (every data error surfaces here, before a model loads), reward, models: the
+    record the loop works with."""
     accelerator = make_accelerator(cfg.model.mixed_precision)
-    main_process = accelerator.is_main_process
-    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, enabled=main_process)
+    run = RunDir(cfg.log.output_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                 enabled=accelerator.is_main_process)
     ckpt = resume_point(run, cfg.resume)
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     prompts = load_prompts(cfg.data, tokenizer, max_prompt_length=cfg.rollout.max_prompt_length)
     train_idx, eval_idx = train_eval_split(list(range(len(prompts))), cfg.data.eval_fraction, seed=cfg.seed)
-    prompts, held = prompts.subset(train_idx), prompts.subset(eval_idx)
     reward = build_reward(cfg.reward)
     run.save_config(cfg)
     log.info("pg settings (%s preset + your overrides): %s", s.advantage, dataclasses.asdict(s))
-
-    model = model_from_config(cfg.model, tokenizer=tokenizer)
+    model = disable_dropout(model_from_config(cfg.model, tokenizer=tokenizer))  # old and new log-probs agree
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
-    reference = make_reference(unwrap(accelerator, model), s, accelerator.autocast)
+    reference = make_reference(unwrap(accelerator, model), s, accelerator.autocast)  # before any resume
     engine = make_engine(unwrap(accelerator, model), tokenizer, backend=cfg.rollout.backend)
+    return SimpleNamespace(accelerator=accelerator, run=run, ckpt=ckpt, tokenizer=tokenizer, reward=reward,
+                           prompts=prompts.subset(train_idx), held=prompts.subset(eval_idx), model=model,
+                           optimizer=optimizer, scheduler=scheduler, reference=reference, engine=engine)
+
+
+def step_metrics(exp: Experience, adv_stats: dict, stats: dict, s: PGOptions, dropped: int, gold: bool) -> dict:
+    """The step's scalar metrics (tensors; the update's KL, at the current policy, wins over the reward's)."""
+    out = {**rollout_metrics(exp), **adv_stats, **stats}
+    if gold:
+        out["gold"] = exp.scores.mean()
+    if s.dynamic_sampling:
+        out["dropped_groups"] = torch.tensor(float(dropped))
+    return out
+
+
+def main(cfg: PGConfig) -> dict:
+    """Train; return the last logged metrics. Writes the run directory described in docs/runs.md."""
+    s = cfg.settings
+    x = setup(cfg, s)
+    acc, model, run = x.accelerator, x.model, x.run
     state: dict = {"step": 0}
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model=unwrap(accelerator, model), optimizer=optimizer, scheduler=scheduler)
+    if x.ckpt is not None:
+        state = load_checkpoint(x.ckpt, model=unwrap(acc, model), optimizer=x.optimizer, scheduler=x.scheduler)
         run.truncate_metrics(state["step"])
-    elif len(held):
-        run.log(0, {"eval_score": evaluate(engine, reward, held, cfg)})
-    order = PromptSampler(len(prompts), seed=cfg.seed, state=state.get("prompts"))
+    elif len(x.held):
+        run.log(0, {"eval_score": evaluate(x.engine, x.reward, x.held, cfg)})
+    order = PromptSampler(len(x.prompts), seed=cfg.seed, state=state.get("prompts"))
     gold = all("alignlab.lab.rewards:" in spec for spec in cfg.reward.sources)  # the score is the lab's gold
-    shard = (accelerator.process_index, accelerator.num_processes)
-    guard, meter = FiniteGuard(), Meter(accelerator.device, state.get("meter"))
-    progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and main_process)
-    metrics: dict = {}
-    stopping = False
+    guard, meter = FiniteGuard(), Meter(acc.device, state.get("meter"))
+    progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and run.enabled)
+    metrics, stopping = {}, False
     model.train()
     with StopSignal() as stop:
         while state["step"] < cfg.optim.max_steps:
             step = state["step"] + 1
-            # 1. sample  2. score (+ old / reference log-probs)
-            engine.sync_weights(unwrap(accelerator, model))
-            policy = unwrap(accelerator, model) if s.needs_old_logprobs else None
-            exp, dropped = sample_step(cfg, s, engine, reward, prompts, order, step, policy=policy,
-                                       reference=reference, autocast=accelerator.autocast, shard=shard,
-                                       pad_id=tokenizer.pad_token_id)
+            # 1. sample  2. score (+ old log-probs when not fully on-policy, reference log-probs when KL)
+            x.engine.sync_weights(unwrap(acc, model))
+            exp, dropped = sample_step(cfg, s, x.engine, x.reward, x.prompts, order, step,
+                                       policy=unwrap(acc, model) if needs_old_logprobs(s) else None,
+                                       reference=x.reference, autocast=acc.autocast,
+                                       shard=(acc.process_index, acc.num_processes), pad_id=x.tokenizer.pad_token_id)
             # 3. advantages
             exp.tensors["advantages"], adv_stats = compute_advantages(exp, s, cfg.rollout.max_new_tokens)
             # 4. epochs x minibatches of clipped-surrogate updates
-            stats = update(cfg, s, model, optimizer, accelerator, exp, step)
-            lr = scheduler.get_last_lr()[0]  # the rate this step used
-            scheduler.step()
+            stats = update(cfg, s, model, x.optimizer, acc, exp, step)
+            lr = x.scheduler.get_last_lr()[0]  # the rate this step used
+            x.scheduler.step()
             state["step"], state["prompts"] = step, order.state_dict()
             # 5. log / checkpoint: the only places that wait for the device
-            step_metrics = {**rollout_metrics(exp), **adv_stats, **stats}  # the update's KL wins over the reward's
-            if gold:
-                step_metrics["gold"] = exp.scores.mean()
-            if s.dynamic_sampling:
-                step_metrics["dropped_groups"] = torch.tensor(float(dropped))
-            guard.record(step, stats["loss"], sorted({prompts.rows[i] for i in exp.prompt_index}))
-            meter.add({k: v.to(accelerator.device) for k, v in step_metrics.items()}, tokens=int(exp.lengths.sum()))
+            guard.record(step, stats["loss"], sorted({x.prompts.rows[i] for i in exp.prompt_index}))
+            values = step_metrics(exp, adv_stats, stats, s, dropped, gold)
+            meter.add({k: v.to(acc.device) for k, v in values.items()}, tokens=int(exp.lengths.sum()))
             progress.update(step, tokens=int(exp.lengths.sum()))
-            if due(step, cfg.rollout.sample_every) and main_process:
-                write_samples(run, step, exp, extra={"advantage": exp.tensors["advantages"].sum(-1)
-                                                     / exp.lengths.clamp(min=1)})
+            if due(step, cfg.rollout.sample_every):
+                mean_advantage = exp.tensors["advantages"].sum(-1) / exp.lengths.clamp(min=1)
+                write_samples(run, step, exp, extra={"advantage": mean_advantage})
             stopping = stop.requested  # read once: a later signal is handled after the next step
-            metrics = log_and_save(cfg, run, state, step, stopping, guard, meter, progress, lr, metrics,
-                                   model=unwrap(accelerator, model), tokenizer=tokenizer, optimizer=optimizer,
-                                   scheduler=scheduler, held=held, evaluate_fn=lambda: evaluate(
-                                       engine, reward, held, cfg), main_process=main_process)
+            metrics = log_and_save(cfg, x, state, step, stopping, guard, meter, progress, lr, metrics)
             if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
     progress.close()
-    if main_process and not stopping:
-        save_model(unwrap(accelerator, model), tokenizer, run.path)
+    if run.enabled and not stopping:
+        save_model(unwrap(acc, model), x.tokenizer, run.path)
     run.close()
     return metrics
 
 
-def log_and_save(cfg: PGConfig, run, state: dict, step: int, stopping: bool, guard, meter, progress, lr: float,
-                 metrics: dict, *, model, tokenizer, optimizer, scheduler, held, evaluate_fn,
-                 main_process: bool) -> dict:
+def log_and_save(cfg: PGConfig, x: SimpleNamespace, state: dict, step: int, stopping: bool, guard, meter, progress,
+                 lr: float, metrics: dict) -> dict:
     """# 5. metrics at log_every, held-out greedy score at eval_every, checkpoints at save_every."""
     done = step >= cfg.optim.max_steps or stopping
     if due(step, cfg.log.log_every, done):
         guard.check()
         metrics = {"step": step, **meter.flush(), "lr": lr}
         progress.set_loss(metrics["loss"])
-    if len(held) and due(step, cfg.log.eval_every, done):
-        metrics = {**metrics, "step": step, "eval_score": evaluate_fn()}
+    if len(x.held) and due(step, cfg.log.eval_every, done):
+        metrics = {**metrics, "step": step, "eval_score": evaluate(x.engine, x.reward, x.held, cfg)}
     if metrics.get("step") == step:
-        run.log(step, metrics)
+        x.run.log(step, metrics)
     if due(step, cfg.log.save_every, done):
         guard.check()  # never write a checkpoint after a non-finite step
         state["meter"] = meter.state_dict()  # the open logging interval, for an exact resume
-        if main_process:
-            save_checkpoint(run, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                            state=state, keep=cfg.log.keep_checkpoints)
+        if x.run.enabled:
+            save_checkpoint(x.run, step, model=unwrap(x.accelerator, x.model), tokenizer=x.tokenizer,
+                            optimizer=x.optimizer, scheduler=x.scheduler, state=state, keep=cfg.log.keep_checkpoints)
     return metrics

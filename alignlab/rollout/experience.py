@@ -2,22 +2,16 @@
 
     prompts = load_prompts(cfg.data, tokenizer, max_prompt_length=cfg.rollout.max_prompt_length)
     order = PromptSampler(len(prompts), seed=cfg.seed)         # order.state_dict() goes into checkpoints
-    engine = make_engine(policy, tokenizer, backend=cfg.rollout.backend)
-    exp = collect(engine, reward, prompts, order.next(P), sampling_of(cfg.rollout), group_size=G, seed=s,
-                  policy=policy_or_None, reference=reference_or_None)
+    exp = collect(make_engine(policy, tokenizer), reward, prompts, order.next(P), sampling_of(cfg.rollout),
+                  group_size=G, seed=s, policy=policy_or_None, reference=reference_or_None)
     exp.tensors["advantages"] = ...                            # per-row tensors ride along
     for mb in minibatches(exp, n, generator=g): ...            # dicts of (rows, ...) tensors
     write_samples(run, step, exp)                              # run_dir/samples/step-N.jsonl
 
-Rows are prompt-major: rows i*G .. i*G+G-1 are the G samples of the batch's i-th prompt (B = P*G).
-All tensors of an `Experience` are on the CPU, as the engine returns them; `minibatches` yields host tensors
-that the recipe moves with `to_device`. Nothing here syncs a device except the (no-grad) log-prob forwards'
-results being moved to the CPU, once per collect.
-
-Log-probs are those of softmax(logits / T) with T the sampling temperature, for the policy and the reference
-alike: the distribution the samples were drawn from (top-k/top-p filtering is not part of it).
-Old log-probs (the behaviour policy's, for the PPO ratio) are optional: with one epoch of one minibatch the
-update is fully on-policy, old = current.detach(), and the recipe passes `policy=None` to skip the forward.
+Rows are prompt-major: rows i*G .. i*G+G-1 are the G samples of the batch's i-th prompt (B = P*G). Tensors
+stay on the CPU, as the engine returns them (the recipe moves minibatches with `to_device`). Log-probs are
+those of softmax(logits / T), T the sampling temperature, for policy and reference alike. Old log-probs are
+optional: a fully on-policy update (one epoch, one minibatch) passes `policy=None` and uses current.detach().
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -39,11 +33,6 @@ from alignlab.rewards.base import RewardSource
 from alignlab.rollout.base import Rollouts, Sampling
 
 log = logging.getLogger("alignlab")
-
-SAMPLES_DIR = "samples"
-
-
-# ---------------------------------------------------------------- prompts
 
 
 @dataclass
@@ -67,29 +56,22 @@ class PromptSet:
 
 
 def load_prompts(data, tokenizer, *, max_prompt_length: int) -> PromptSet:
-    """Read a prompt dataset (any schema with a prompt; GSM8K and TRL prompt rows as they are), keep its other
-    columns for reward functions, and render/truncate the prompts.
-
-    Args:
-        data: a `DataConfig` (dataset, split, subset, columns, max_rows).
-        max_prompt_length: prompts longer than this keep their last tokens (BOS kept in front).
-    """
+    """Read a prompt dataset (`data`: a DataConfig; any schema with a prompt, GSM8K and TRL prompt rows as they
+    are), keep its other columns for reward functions, render chat prompts with the template, and keep the
+    last `max_prompt_length` tokens of longer prompts (BOS kept in front)."""
     rows = read_rows(data.dataset, split=data.split, subset=data.subset, max_rows=data.max_rows)
     examples = normalize(rows, "prompt", columns=data.columns or None)
     features, report = tokenize_prompts(examples, tokenizer, max_prompt_length=max_prompt_length)
     log.info("prompts: %d from %s, %d truncated to their last %d tokens", len(features), report.source,
              report.prompt_truncated, max_prompt_length)
-    texts = []
-    for ex, feat in zip(examples, features):
-        if len(feat["prompt_ids"]) < max_prompt_length:  # not truncated: the text exactly as written
+    texts, bos = [], getattr(tokenizer, "bos_token_id", None)
+    for ex, ids in zip(examples, (f["prompt_ids"] for f in features)):
+        if len(ids) < max_prompt_length:  # not truncated: the text exactly as written (or rendered)
             texts.append(ex.prompt if isinstance(ex.prompt, str) else
                          tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True))
         else:  # the kept tail, decoded (the engine adds BOS again)
-            ids = feat["prompt_ids"]
-            bos = getattr(tokenizer, "bos_token_id", None)
             texts.append(tokenizer.decode(ids[1:] if ids and ids[0] == bos else ids))
-    names = sorted({k for f in features for k in f["extra"]})
-    columns = {k: [f["extra"].get(k) for f in features] for k in names}
+    columns = {k: [f["extra"].get(k) for f in features] for k in sorted({k for f in features for k in f["extra"]})}
     return PromptSet(texts, [f["prompt_ids"] for f in features], columns, [f["row"] for f in features],
                      report.source)
 
@@ -106,9 +88,7 @@ class PromptSampler:
         self._order = self._permutation(self.epoch)
 
     def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(self.n))
-        random.Random(f"{self.seed}-{epoch}").shuffle(order)
-        return order
+        return random.Random(f"{self.seed}-{epoch}").sample(range(self.n), self.n)
 
     def next(self, k: int, *, rank: int = 0, world: int = 1) -> list[int]:
         """The next k*world prompt indices (crossing into the next epoch as needed); this process's k."""
@@ -124,9 +104,6 @@ class PromptSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
-
-
-# ---------------------------------------------------------------- experience
 
 
 @dataclass
@@ -150,7 +127,7 @@ class Experience:
         return self.scores.shape[0]
 
     @property
-    def response_mask(self) -> Tensor:
+    def response_mask(self) -> Tensor:  # (B, T) bool
         return self.rollouts.response_mask
 
     @property
@@ -165,56 +142,51 @@ class Experience:
 
     def per_row(self) -> dict[str, Tensor]:
         """Every (B, ...) tensor by name: the batch, scores, optional log-probs and the attached tensors."""
-        out = {**self.rollouts.batch(), "scores": self.scores, "finished": self.rollouts.finished}
-        for name, value in (("old_logprobs", self.old_logprobs), ("ref_logprobs", self.ref_logprobs),
-                            ("sampler_logprobs", self.sampler_logprobs)):
-            if value is not None:
-                out[name] = value
-        return {**out, **self.tensors}
+        optional = {"old_logprobs": self.old_logprobs, "ref_logprobs": self.ref_logprobs,
+                    "sampler_logprobs": self.sampler_logprobs}
+        return {**self.rollouts.batch(), "scores": self.scores, "finished": self.rollouts.finished,
+                **{k: v for k, v in optional.items() if v is not None}, **self.tensors}
 
     def select(self, rows: Sequence[int] | Tensor) -> Experience:
         """The experience restricted to `rows` (keep whole groups to keep `group_size` meaningful)."""
         idx = torch.as_tensor(rows, dtype=torch.long)
         keep = idx.tolist()
-        ro = self.rollouts
-        rollouts = replace(ro, input_ids=ro.input_ids[idx], attention_mask=ro.attention_mask[idx],
-                           response_mask=ro.response_mask[idx], prompts=[ro.prompts[i] for i in keep],
-                           completions=[ro.completions[i] for i in keep], finished=ro.finished[idx],
-                           logprobs=None if ro.logprobs is None else ro.logprobs[idx])
-        pick = lambda t: None if t is None else t[idx]
-        return Experience(rollouts, self.scores[idx], {k: [v[i] for i in keep] for k, v in self.columns.items()},
-                          [self.prompt_index[i] for i in keep], self.group_size, pick(self.old_logprobs),
-                          pick(self.ref_logprobs), {k: v[idx] for k, v in self.tensors.items()})
+        take = lambda v: v[idx] if torch.is_tensor(v) else [v[i] for i in keep] if isinstance(v, list) else v
+        return _assemble([self], lambda name, values: take(values[0]))
 
 
-def _pad_to(t: Tensor, width: int, value: float = 0) -> Tensor:
-    """Right-pad a (B, T, ...) tensor with `value` to T = width ((B,) tensors are returned as they are)."""
-    if t.dim() < 2 or t.shape[1] == width:
-        return t
-    return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value)
+def _assemble(parts: Sequence[Experience], combine) -> Experience:
+    """An experience built field by field (Rollouts fields, `columns` and `tensors` entries included):
+    combine(name, [that field of each part])."""
+    first = parts[0]
+    rollouts = replace(first.rollouts, **{f.name: combine(f.name, [getattr(p.rollouts, f.name) for p in parts])
+                                          for f in fields(first.rollouts) if f.name != "n"})
+    kw = {}
+    for f in fields(first):
+        values = [getattr(p, f.name) for p in parts]
+        if f.name not in ("rollouts", "group_size"):
+            kw[f.name] = ({k: combine(k, [v[k] for v in values]) for k in values[0]} if isinstance(values[0], dict)
+                          else combine(f.name, values))
+    return Experience(rollouts=rollouts, group_size=first.group_size, **kw)
 
 
 def concat(parts: Sequence[Experience], pad_id: int) -> Experience:
     """Experiences stacked row-wise (e.g. DAPO refills), token tensors right-padded to the widest."""
-    if len(parts) == 1:
-        return parts[0]
     width = max(p.rollouts.input_ids.shape[1] for p in parts)
 
-    def cat(get, value: float = 0) -> Tensor | None:
-        values = [get(p) for p in parts]
-        return None if any(v is None for v in values) else torch.cat([_pad_to(v, width, value) for v in values])
+    def pad(t: Tensor, value: float) -> Tensor:  # (B, T, ...) -> (B, width, ...)
+        if t.dim() < 2 or t.shape[1] == width:
+            return t
+        return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value)
 
-    ro = parts[0].rollouts
-    rollouts = replace(ro, input_ids=cat(lambda p: p.rollouts.input_ids, pad_id),
-                       attention_mask=cat(lambda p: p.rollouts.attention_mask),
-                       response_mask=cat(lambda p: p.rollouts.response_mask),
-                       prompts=[s for p in parts for s in p.rollouts.prompts],
-                       completions=[s for p in parts for s in p.rollouts.completions],
-                       finished=cat(lambda p: p.rollouts.finished), logprobs=cat(lambda p: p.rollouts.logprobs))
-    columns = {k: [v for p in parts for v in p.columns[k]] for k in parts[0].columns}
-    return Experience(rollouts, cat(lambda p: p.scores), columns, [i for p in parts for i in p.prompt_index],
-                      parts[0].group_size, cat(lambda p: p.old_logprobs), cat(lambda p: p.ref_logprobs),
-                      {k: cat(lambda p, k=k: p.tensors[k]) for k in parts[0].tensors})
+    def combine(name: str, values: list):
+        if any(v is None for v in values):
+            return None  # e.g. sampler log-probs missing from one part
+        if torch.is_tensor(values[0]):
+            return torch.cat([pad(v, pad_id if name == "input_ids" else 0) for v in values])
+        return [x for v in values for x in v] if isinstance(values[0], list) else values[0]
+
+    return _assemble(parts, combine)
 
 
 def sampling_of(rollout, **override) -> Sampling:
@@ -247,11 +219,11 @@ def score(reward: RewardSource, rollouts: Rollouts, columns: dict[str, list]) ->
 
 @torch.no_grad()
 def token_logprobs(model, rollouts: Rollouts, *, temperature: float, batch_size: int = 64,
-                   context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Tensor:
+                   context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Tensor:
     """(B, T) float32 CPU log-probs of the completion tokens under `model` (eval mode, no grad), in row chunks
-    of `batch_size`; `context` wraps the forward (autocast, LoRA adapters disabled for the reference)."""
-    device = next(model.parameters()).device
-    was_training = model.training
+    of `batch_size`; the forward runs inside `context()` (e.g. LoRA adapters disabled) and `autocast()`."""
+    device, was_training = next(model.parameters()).device, model.training
     model.eval()
     out = torch.zeros(rollouts.input_ids.shape, dtype=torch.float32)
     try:
@@ -259,7 +231,7 @@ def token_logprobs(model, rollouts: Rollouts, *, temperature: float, batch_size:
             chunk = {k: v[s:s + batch_size] for k, v in rollouts.batch().items()}
             width = int(chunk["attention_mask"].sum(-1).max())  # right-padded: trim the shared padding
             chunk = {k: v[:, :width].to(device) for k, v in chunk.items()}
-            with context():
+            with context(), autocast():
                 lp = compute_logprobs(model, chunk, temperature=temperature).logprobs
             out[s:s + batch_size, :width] = lp.float().cpu()
     finally:
@@ -273,34 +245,22 @@ def collect(engine, reward: RewardSource, prompts: PromptSet, indices: Sequence[
     """Sample G completions per prompt, score them, and compute the log-probs the update needs.
 
     Args:
-        engine: a RolloutEngine sampling from the current policy (`engine.sync_weights(policy)` first if it
-            holds its own copy).
-        reward: scores completions, `score(prompts, completions, **columns) -> (B,)`.
-        indices: the step's prompts (indices into `prompts`), P of them.
-        sampling: temperature (> 0) etc.; log-probs below use its temperature.
-        group_size: G samples per prompt.
-        seed: seeds the sampler (e.g. `cfg.seed + step` for an exactly reproducible, resumable run).
-        policy: compute old log-probs with it; None skips that forward (fully on-policy update).
-        reference: a `models.reference.LiveReference` (frozen copy, or the LoRA base with adapters off), or
-            None to skip the reference forward (no KL term).
-        batch_size: rows per no-grad forward.
-        autocast: the precision context of the forwards (e.g. `accelerator.autocast`).
+        engine: a RolloutEngine sampling from the current policy (call `engine.sync_weights(policy)` first).
+        reward: `score(prompts, completions, **columns) -> (B,)`; indices: the step's P prompts in `prompts`.
+        sampling: temperature (> 0) etc.; the log-probs use its temperature. group_size: G samples per prompt.
+        seed: seeds the sampler (e.g. from (seed, step) for an exactly reproducible, resumable run).
+        policy: computes old log-probs; None skips that forward (fully on-policy update).
+        reference: a `models.reference.LiveReference` (frozen copy, or the LoRA base with adapters off), or None
+            (no reference forward). batch_size: rows per no-grad forward. autocast: precision context factory.
     Returns:
         Experience with B = P * G rows.
     """
     rollouts, columns = sample(engine, prompts, indices, sampling, group_size, seed=seed)
     scores = score(reward, rollouts, columns)
     kw = dict(temperature=sampling.temperature, batch_size=batch_size)
-    old = None if policy is None else token_logprobs(policy, rollouts, context=autocast, **kw)
-    ref = None
-    if reference is not None:
-        def context():
-            stack = contextlib.ExitStack()
-            stack.enter_context(reference.context())
-            stack.enter_context(reference.autocast())
-            return stack
-
-        ref = token_logprobs(reference.model, rollouts, context=context, **kw)
+    old = None if policy is None else token_logprobs(policy, rollouts, autocast=autocast, **kw)
+    ref = None if reference is None else token_logprobs(reference.model, rollouts, context=reference.context,
+                                                        autocast=reference.autocast, **kw)
     index = [i for i in indices for _ in range(group_size)]
     return Experience(rollouts, scores, columns, index, group_size, old, ref)
 
@@ -311,14 +271,9 @@ def minibatches(exp: Experience, n: int, *, generator: torch.Generator | None = 
     if not 1 <= n <= len(exp):
         raise ValueError(f"cannot split {len(exp)} rows into {n} minibatches")
     order = torch.randperm(len(exp), generator=generator) if generator is not None else torch.arange(len(exp))
-    tensors = exp.per_row()
-    width_of = exp.rollouts.attention_mask.sum(-1)
-    out = []
-    for idx in order.tensor_split(n):
-        width = int(width_of[idx].max())
-        out.append({k: v[idx][:, :width] if v.dim() >= 2 and v.shape[1] == exp.rollouts.input_ids.shape[1]
-                    else v[idx] for k, v in tensors.items()})
-    return out
+    tensors, width_of, full = exp.per_row(), exp.rollouts.attention_mask.sum(-1), exp.rollouts.input_ids.shape[1]
+    trim = lambda v, idx, width: v[idx][:, :width] if v.dim() >= 2 and v.shape[1] == full else v[idx]
+    return [{k: trim(v, idx, int(width_of[idx].max())) for k, v in tensors.items()} for idx in order.tensor_split(n)]
 
 
 def rollout_metrics(exp: Experience) -> dict[str, Tensor]:
@@ -332,24 +287,14 @@ def write_samples(run, step: int, exp: Experience, *, extra: dict[str, Tensor] |
     per-row values) to `<run>/samples/step-<step>.jsonl`; nothing on non-main processes."""
     if not getattr(run, "enabled", True):
         return None
-    folder = Path(run.path) / SAMPLES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step}.jsonl"
+    path = Path(run.path) / "samples" / f"step-{step}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     ro = exp.rollouts
     values = {"score": exp.scores.tolist(), "length": exp.lengths.tolist(),
-              **{k: v.float().tolist() for k, v in (extra or {}).items()}}
+              **{k: v.float().tolist() for k, v in (extra or {}).items()}}  # one list per key
     with path.open("w", encoding="utf-8") as f:
         for i in range(len(exp)):
             row = {"prompt": ro.prompts[i], "completion": ro.completions[i], "finish_reason": ro.finish_reasons[i],
-                   **{k: v[i] for k, v in values.items()},
-                   **{k: v[i] for k, v in exp.columns.items() if _jsonable(v[i])}}
-            f.write(json.dumps(row) + "\n")
+                   **{k: v[i] for k, v in values.items()}, **{k: v[i] for k, v in exp.columns.items()}}
+            f.write(json.dumps(row, default=str) + "\n")  # a column JSON cannot hold is written as text
     return path
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
