@@ -240,9 +240,11 @@ def parent(a) -> None:
                                                          ", no allocator tunables")}
     previous = RESULTS / "dpo.json"
     if a.merge and previous.exists():
+        old = json.loads(previous.read_text())
         redone = {(m, ref, lib) for m in models for ref in refs for lib in libs}
-        runs = [r for r in json.loads(previous.read_text())["runs"] if (r["model"], r["ref"], r["lib"]) not in redone
-                and "error" not in r] + runs
+        runs = [r for r in old["runs"] if (r["model"], r["ref"], r["lib"]) not in redone and "error" not in r] + runs
+        for key in ("warmup", "steps"):  # the merged runs' settings too
+            settings[key] = {**old["settings"].get(key, {}), **settings[key]}
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
     (RESULTS / "dpo.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
                                                   "runs": runs}, indent=1))

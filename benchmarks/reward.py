@@ -129,8 +129,14 @@ def metrics(run: dict, peak: dict, clock: str = "wall") -> dict:
     tok_s = run["tokens"] / s
     model = run.get("model", "tiny")
     return {"samples_per_s": run["pairs"] / s, "tokens_per_s": tok_s,
-            "mfu_pct": 100 * 6 * common.matmul_params(model) * tok_s / (peak[clock] * 1e9),
+            "mfu_pct": 100 * 6 * rm_matmul_params(model) * tok_s / (peak[clock] * 1e9),
             "peak_rss_mb": run["peak_rss_mb"], "padding_pct": 100 * (1 - run["tokens"] / run["padded_tokens"])}
+
+
+def rm_matmul_params(model: str) -> int:
+    """Matmul parameters of the reward model: the causal LM's without its LM head, plus the 1-output score head."""
+    hidden = common.MODELS[model]["hidden_size"]
+    return common.matmul_params(model) - hidden * common.VOCAB_SIZE + hidden
 
 
 def summarize(runs: list[dict], peak: dict, clock: str) -> list[dict]:
@@ -242,6 +248,8 @@ def parent(a) -> None:
                 "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note,
                 "env": f"{a.threads} threads" + (", GLIBC_TUNABLES for both" if a.glibc_tunables else
                                                   ", no allocator tunables")}
+    for key in ("warmup", "steps", "batch_pairs"):  # the merged runs' settings too
+        settings[key] = {**previous.get("settings", {}).get(key, {}), **settings[key]}
     summary = summarize(runs, peak, a.clock)
     out_json.write_text(json.dumps({"machine": info, "settings": settings, "peak": peak, "summary": summary,
                                     "runs": runs}, indent=1))

@@ -127,3 +127,13 @@ def test_supports_shared_prompt():
     windowed = MistralForCausalLM(MistralConfig(**SMALL, sliding_window=16, attn_implementation="sdpa"))
     assert supports_shared_prompt(windowed, max_tokens=16)  # no row is longer than the window
     assert not supports_shared_prompt(windowed, max_tokens=17) and not supports_shared_prompt(windowed)
+
+
+def test_bf16_autocast_shared_rows_close_to_separate_rows():
+    """Under CPU bf16 autocast the bool mask still suits SDPA; the two layouts agree to bf16 rounding."""
+    model, feats = llama().eval(), features(seed=5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sep = pair_logprobs(model, collate_preference(feats, 0)).seq_logprobs
+        shared = pair_logprobs(model, collate_shared_prompt(feats, 0)).seq_logprobs
+    assert shared.dtype == torch.float32
+    torch.testing.assert_close(shared, sep, atol=0.05, rtol=0.02)
