@@ -144,7 +144,7 @@ def test_example_yaml_runs_through_the_cli(tiny_model_dir, lab_cache, tmp_path):
 
     example = Path(__file__).resolve().parents[2] / "examples" / "grpo.yaml"
     cfg = load_yaml(PGConfig, example)
-    assert (cfg.settings.kl_coef, cfg.rollout.group_size, cfg.pg.kl_coef) == (0.04, 16, None)
+    assert (cfg.settings.kl_coef, cfg.rollout.group_size, cfg.pg.kl_coef) == (0.04, 8, None)
     out = tmp_path / "example"
     assert cli_main(["grpo", "--config", str(example), "--model", str(tiny_model_dir), "--output-dir", str(out),
                      "--max-steps", "2", "--data.max-rows", "40", "--rollout.prompts-per-step", "2",
