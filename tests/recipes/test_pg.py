@@ -84,6 +84,16 @@ def test_each_estimator_runs_end_to_end(advantage, tiny_model_dir, prompt_data, 
     AutoModelForCausalLM.from_pretrained(out)  # the final model loads with plain transformers
 
 
+def test_lora_policy_uses_its_base_as_the_reference(tiny_model_dir, prompt_data, tmp_path):
+    out = tmp_path / "lora"
+    main(config(tiny_model_dir, prompt_data, out, model=ModelConfig(path=str(tiny_model_dir), lora_r=4)))
+    first = metrics(out)[0]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # adapters start at zero: the policy equals its base
+    assert math.isfinite(metrics(out)[-1]["kl"])
+    merged = AutoModelForCausalLM.from_pretrained(out)  # saved merged: a plain model
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
 def test_presets_are_explicit_and_never_written_back(tiny_model_dir, prompt_data, tmp_path):
     cfg = config(tiny_model_dir, prompt_data, tmp_path, pg=PGOptions(advantage="dapo", kl_coef=0.1, kl_in="loss"))
     s = cfg.settings

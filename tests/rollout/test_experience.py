@@ -58,6 +58,15 @@ def test_load_prompts_keeps_columns_and_truncates(gsm8k_file, tiny_tokenizer):
     assert short.texts[3] != prompts.texts[3] and prompts.texts[3].endswith(short.texts[3].strip())
 
 
+def test_conversational_prompts_are_rendered_with_the_generation_prompt(tmp_path, tiny_tokenizer):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "what is 2+2?"}], "answer": "4"}) + "\n")
+    prompts = load_prompts(DataConfig(dataset=str(path)), tiny_tokenizer, max_prompt_length=64)
+    expected = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "what is 2+2?"}], tokenize=False,
+                                                  add_generation_prompt=True)
+    assert prompts.texts == [expected] and "what is 2+2?" in expected and prompts.columns == {"answer": ["4"]}
+
+
 def test_prompt_sampler_is_deterministic_resumable_and_covers_each_epoch():
     a = PromptSampler(10, seed=3)
     first = a.next(4) + a.next(4)
