@@ -242,3 +242,20 @@ def test_shared_prompt_rows_give_the_metrics_of_separate_rows(loss, tiny_model_d
     assert keys == set(runs[False]) - {"tokens_per_s"} and {"loss", "eval/loss", "logps/chosen"} <= keys
     for key in keys:
         assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-4, abs=1e-5), key
+
+
+def test_cli_share_prompt_flag_end_to_end(tiny_model_dir, pairs, tmp_path):
+    """`alignlab dpo` from the command line with the default (prompt shared) and with `--pref.share-prompt False`."""
+    import subprocess
+    import sys
+
+    for flag, shared in (([], True), (["--pref.share-prompt", "False"], False)):
+        out = tmp_path / f"cli-{shared}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "alignlab.cli", "dpo", "--model", str(tiny_model_dir), "--dataset", str(pairs),
+             "--output-dir", str(out), "--optim.max-steps", "1", "--optim.batch-size", "4", "--data.max-length", "32",
+             "--log.progress", "False", "--log.tensorboard", "False", "--pref.ref-cache-dir", str(tmp_path / "c"),
+             *flag], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("prompt shared by chosen and rejected" in run_log(out)) == shared
+        assert metrics(out)[-1]["step"] == 1
