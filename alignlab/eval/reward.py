@@ -15,12 +15,13 @@ P(chosen preferred) = sigmoid(chosen - rejected) under the Bradley-Terry model t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from alignlab.eval.best_of_n import best_of_k_weights
 
 
 def pairwise_accuracy(chosen: Tensor, rejected: Tensor) -> float:
@@ -163,18 +164,11 @@ def ensemble_agreement(member_chosen: Tensor, member_rejected: Tensor) -> dict:
             "margin_std": float(margins.std(dim=1).mean()) if n > 1 else 0.0}
 
 
-def _pick_weights(n: int, k: int) -> Tensor:
-    """w[i] = P(the item ranked i-th (0 = top) is the top of a uniform random k-subset of n items)
-    = C(n - 1 - i, k - 1) / C(n, k). The weights sum to 1 (hockey-stick identity)."""
-    total = math.comb(n, k)
-    return torch.tensor([math.comb(n - 1 - i, k - 1) / total for i in range(n)], dtype=torch.float64)
-
-
 def _expected_pick(scores: Tensor, gold: Tensor, k: int) -> Tensor:
     """(P,) expected gold of the highest-scored of k items drawn without replacement from each row.
     Ties in `scores` are broken uniformly at random: tied items share their group's mean gold."""
     p, n = scores.shape
-    w = _pick_weights(n, k)
+    w = best_of_k_weights(n, k).flip(0)  # top-ranked first: C(n - 1 - i, k - 1) / C(n, k)
     out = torch.empty(p, dtype=torch.float64)
     for r in range(p):
         s, g = scores[r].double(), gold[r].double()
