@@ -27,12 +27,12 @@ RUNS = {"single": ("single", "sum"), "mean": ("ensemble", "mean"), "min": ("ense
         "mean_minus_std": ("ensemble", "mean_minus_std")}
 """Run -> (which RM, reward.combine)."""
 SCALES = {
-    "tiny": {"runs": ["single", "min"], "sft_steps": 20, "pairs": 48, "heads": 2, "ppo_steps": 2, "save_every": 1,
-             "eval_prompts": 16},
-    "default": {"runs": list(RUNS), "sft_steps": 150, "pairs": 512, "heads": 4, "ppo_steps": 60, "save_every": 10,
-                "eval_prompts": 96},
-    "large": {"runs": list(RUNS), "sft_steps": 300, "pairs": 2048, "heads": 5, "ppo_steps": 200, "save_every": 20,
-              "eval_prompts": 256},
+    "tiny": {"runs": ["single", "min"], "sft_steps": 20, "pairs": 32, "rm_epochs": 1, "heads": 2, "ppo_steps": 2,
+             "save_every": 1, "eval_prompts": 16},
+    "default": {"runs": list(RUNS), "sft_steps": 150, "pairs": 512, "rm_epochs": 2, "heads": 4, "ppo_steps": 60,
+                "save_every": 10, "eval_prompts": 96},
+    "large": {"runs": list(RUNS), "sft_steps": 300, "pairs": 2048, "rm_epochs": 2, "heads": 5, "ppo_steps": 200,
+              "save_every": 20, "eval_prompts": 256},
 }
 
 
@@ -41,7 +41,7 @@ def run(ctx: Context) -> Outcome:
     sft_path = sft_policy(ctx.work / "sft", steps=s["sft_steps"], seed=ctx.seed, progress=ctx.progress)
     files = pair_files(ctx.work / "pairs", sft_path, train=s["pairs"], held_out=0, seed=ctx.seed,
                        labeler_temperature=0.1)
-    kw = dict(policy=sft_path, rows=None, epochs=2, batch=16, seed=ctx.seed, progress=ctx.progress)
+    kw = dict(policy=sft_path, rows=None, epochs=s["rm_epochs"], batch=16, seed=ctx.seed, progress=ctx.progress)
     rms = {"single": train_rm(ctx.work / "rm-single", files["train"][0.0], **kw),
            "ensemble": train_rm(ctx.work / "rm-ensemble", files["train"][0.0], ensemble_size=s["heads"], **kw)}
     sft, tokenizer = load_model(str(sft_path)), load_tokenizer(str(sft_path))
