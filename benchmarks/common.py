@@ -437,3 +437,14 @@ def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+class GradClock(StepClock):
+    """The step clock counting only forwards with grad enabled: the training forwards (DPO's policy, GRPO's
+    update), not the reference or generation forwards."""
+
+    def _hook(self, module, args):
+        import torch
+
+        if torch.is_grad_enabled():
+            super()._hook(module, args)

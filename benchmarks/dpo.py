@@ -57,16 +57,6 @@ def pairs_dataset(rows: int = ROWS) -> Path:
     return path
 
 
-class GradClock(common.StepClock):
-    """The common step clock, counting only forwards with grad enabled (training forwards of the policy)."""
-
-    def _hook(self, module, args):
-        import torch
-
-        if torch.is_grad_enabled():
-            super()._hook(module, args)
-
-
 # ---------------------------------------------------------------- inside the child
 
 
@@ -120,7 +110,7 @@ def child(a) -> None:
     from transformers import AutoTokenizer
 
     model_dir = Path(a.model_dir)
-    clock = GradClock(AutoTokenizer.from_pretrained(model_dir).pad_token_id, a.progress_file, a.total_steps)
+    clock = common.GradClock(AutoTokenizer.from_pretrained(model_dir).pad_token_id, a.progress_file, a.total_steps)
     with tempfile.TemporaryDirectory(prefix=f"bench-dpo-{a.lib}-") as out_dir:
         extra = (train_trl if a.lib == "trl" else train_alignlab)(model_dir, Path(a.data), a, clock, out_dir)
     window = clock.window(a.warmup, a.steps)
