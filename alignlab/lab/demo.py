@@ -19,8 +19,9 @@ Stages (one function each, run in the order of `STAGES`; training stages write n
 Each policy is sampled on review openings (one completion each, temperature 1; the grammar has 21 openings, so
 these are fresh draws, not unseen openings) and measured by the gold reward, the proxy reward (the RM's whitened
 score of the same samples; filled in for the stages before the RM once it exists) and k1 Monte-Carlo estimates
-of KL(policy || SFT) and KL(policy || base). Writes `results.json`, `report.html` (self-contained: table, plots,
-samples), `report.png`, prints the table; a rerun replaces the stage directories it made before.
+of KL(policy || SFT) and KL(policy || base) (`demo_eval.py`). Writes `results.json`, `report.html`
+(self-contained: table, plots, samples), `report.png`, prints the table; a rerun replaces the stage directories
+it made before.
 
 Adding a stage: write `x_stage(demo: Demo) -> StageResult` that trains from `demo.sft_path` (and, for an
 online method, the reward model at `demo.rm_path`) into `demo.out / "x"` (saving checkpoints), then returns
@@ -37,31 +38,26 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, RolloutConfig
-from alignlab.data import PromptCompletion, tokenize_sft
 from alignlab.data.split import train_eval_split
 from alignlab.errors import ConfigError
-from alignlab.eval import sequence_kl
 from alignlab.lab.base import tiny_model_path
 from alignlab.lab.datasets import dataset_path
+from alignlab.lab.demo_eval import MAX_LENGTH, Demo, evaluate, kl_estimate, proxy_scores, result_of, with_curve
 from alignlab.lab.demo_report import StageResult, table, write_report
 from alignlab.lab.pairs import sentiment_pairs, write_pairs
 from alignlab.lab.tasks import sentiment
 from alignlab.models import load_model, load_tokenizer
-from alignlab.models.reward import load_reward_model, normalize_scores
+from alignlab.models.reward import load_reward_model
 from alignlab.recipes import ppo, preference, reward, reward_eval, sft
 from alignlab.rewards import RewardSourceConfig
-from alignlab.rollout import HFEngine, Sampling
-from alignlab.runtime import Progress
 
 log = logging.getLogger("alignlab")
-MAX_LENGTH = 64  # tokens of opening + completion in every stage's training data (openings ~5, completions <= 25)
 
 
 @dataclass
@@ -116,92 +112,6 @@ class DemoConfig:
             raise ConfigError("heldout_fraction must be in (0, 1), labeler_temperature >= 0, dpo_beta > 0")
         if self.ppo_lr <= 0 or self.ppo_kl_target <= 0:
             raise ConfigError("ppo_lr and ppo_kl_target must be > 0")
-
-
-@dataclass
-class Demo:
-    """What the stages share: the config, the models trained so far and where they are."""
-
-    cfg: DemoConfig
-    out: Path
-    prompts: list[str]
-    base_path: Path | None = None
-    tokenizer: Any = None
-    base: Any = None
-    sft_path: Path | None = None
-    sft: Any = None
-    train_pairs: Path | None = None
-    heldout_pairs: Path | None = None
-    rm_path: Path | None = None
-    rm: Any = None
-    results: list[StageResult] = field(default_factory=list)
-    rollouts: dict[str, Any] = field(default_factory=dict)
-    """stage -> the Rollouts of its evaluation (measured again by models that come later)."""
-
-
-# ---------------------------------------------------------------- measuring a policy
-
-
-@torch.no_grad()
-def proxy_scores(demo: Demo, rollouts) -> torch.Tensor:
-    """(B,) whitened RM scores of the rollouts' prompt + completion texts, tokenized as the RM's training pairs
-    were (EOS appended)."""
-    examples = [PromptCompletion(p, c, row=i + 1) for i, (p, c) in enumerate(zip(rollouts.prompts,
-                                                                                 rollouts.completions))]
-    features, _ = tokenize_sft(examples, demo.tokenizer, max_length=4 * MAX_LENGTH)
-    scores = reward_eval.score_rows(reward_eval.scorer(demo.rm, "reward"), features, demo.tokenizer.pad_token_id,
-                                    batch_size=64)  # (B, 1)
-    return normalize_scores(scores, demo.rm)[:, 0]
-
-
-def kl_estimate(model, reference, rollouts) -> float | None:
-    """Mean k1 estimate of KL(model || reference) on `model`'s samples; None without a reference."""
-    if reference is None:
-        return None
-    return 0.0 if reference is model else float(sequence_kl(model, reference, rollouts.batch()).mean())
-
-
-def measure(demo: Demo, model, stage: str) -> tuple[dict, Any]:
-    """Sample the eval openings once each (same seed for every policy); ({gold_reward, proxy_reward, kl_to_sft,
-    kl_to_base}, floats or None where the model it needs does not exist yet; the rollouts)."""
-    bar = Progress(4, enabled=demo.cfg.progress, desc=f"eval {stage}")
-    rollouts = HFEngine(model, demo.tokenizer).generate(
-        demo.prompts, 1, Sampling(max_new_tokens=demo.cfg.max_new_tokens), seed=demo.cfg.seed + 1)
-    bar.update(1)
-    gold = sentiment.gold_reward([p + c for p, c in zip(rollouts.prompts, rollouts.completions)])
-    metrics = {"gold_reward": sum(gold) / len(gold), "kl_to_sft": kl_estimate(model, demo.sft, rollouts)}
-    bar.update(2)
-    metrics["kl_to_base"] = kl_estimate(model, demo.base, rollouts)
-    bar.update(3)
-    metrics["proxy_reward"] = None if demo.rm is None else float(proxy_scores(demo, rollouts).mean())
-    bar.update(4)
-    bar.close()
-    return metrics, rollouts
-
-
-def evaluate(demo: Demo, stage: str, model, **fields) -> StageResult:
-    """A policy stage's result: its measurements, 8 sample texts, and `fields` (curve, run_dir, ...)."""
-    metrics, rollouts = measure(demo, model, stage)
-    demo.rollouts[stage] = rollouts
-    samples = [p + c for p, c in zip(rollouts.prompts[:8], rollouts.completions[:8])]
-    return StageResult(stage, **metrics, samples=samples, **fields)
-
-
-def with_curve(demo: Demo, result: StageResult, run_dir: Path, start: StageResult) -> StageResult:
-    """`result` (the measured final model of a run) with its `curve`: `start` (the policy the run began from) at
-    step 0, every earlier checkpoint in `run_dir` measured, and `result` itself at the newest checkpoint's step."""
-    keys = ("gold_reward", "proxy_reward", "kl_to_sft", "kl_to_base")
-    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
-    result.curve = [{"step": 0, **{k: getattr(start, k) for k in keys}}]
-    for path in checkpoints[:-1]:
-        result.curve.append({"step": int(path.name[5:]), **measure(demo, load_model(str(path)), path.name)[0]})
-    if checkpoints:
-        result.curve.append({"step": int(checkpoints[-1].name[5:]), **{k: getattr(result, k) for k in keys}})
-    return result
-
-
-def result_of(demo: Demo, stage: str) -> StageResult:
-    return next(r for r in demo.results if r.stage == stage)
 
 
 # ---------------------------------------------------------------- the stages
