@@ -74,7 +74,7 @@ from alignlab.runtime import (
     make_scheduler,
     micro_batches,
     resume_point,
-    save_checkpoint,
+    save_step,
     seed_everything,
     to_device,
     unwrap,
@@ -442,9 +442,7 @@ def log_and_save(cfg: PGConfig, x: SimpleNamespace, state: dict, step: int, stop
     if metrics.get("step") == step:
         x.run.log(step, metrics)
     if due(step, cfg.log.save_every, done):
-        guard.check()  # never write a checkpoint after a non-finite step
-        state["meter"] = meter.state_dict()  # the open logging interval, for an exact resume
-        if x.run.enabled:
-            save_checkpoint(x.run, step, model=unwrap(x.accelerator, x.model), tokenizer=x.tokenizer,
-                            optimizer=x.optimizer, scheduler=x.scheduler, state=state, keep=cfg.log.keep_checkpoints)
+        save_step(x.run, step, guard=guard, meter=meter, state=state, write=x.run.enabled,
+                  keep=cfg.log.keep_checkpoints, model=unwrap(x.accelerator, x.model), tokenizer=x.tokenizer,
+                  optimizer=x.optimizer, scheduler=x.scheduler)
     return metrics

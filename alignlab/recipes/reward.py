@@ -85,7 +85,7 @@ from alignlab.runtime import (
     make_optimizer,
     make_scheduler,
     resume_point,
-    save_checkpoint,
+    save_step,
     seed_everything,
     to_device,
     unwrap,
@@ -396,12 +396,9 @@ def main(cfg: RewardConfig) -> dict:
             if metrics.get("step") == step:
                 run.log(step, metrics)
             if due(step, cfg.log.save_every, done):
-                guard.check()  # never write a checkpoint after a non-finite step
-                state["meter"] = meter.state_dict()  # the open logging interval, for an exact resume
-                if main_process:
-                    save_checkpoint(run, step, model=unwrap(accelerator, model), tokenizer=tokenizer,
-                                    optimizer=optimizer, scheduler=scheduler, state=state,
-                                    keep=cfg.log.keep_checkpoints)
+                save_step(run, step, guard=guard, meter=meter, state=state, write=main_process,
+                          keep=cfg.log.keep_checkpoints, model=unwrap(accelerator, model), tokenizer=tokenizer,
+                          optimizer=optimizer, scheduler=scheduler)
             if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break

@@ -3,7 +3,7 @@
 Public API (see each module's docstring):
     seed_everything, get_rng_state, set_rng_state                  seed.py
     RunDir                                                         rundir.py
-    save_checkpoint, load_checkpoint, latest_checkpoint            checkpoint.py
+    save_checkpoint, save_step, load_checkpoint, latest_checkpoint checkpoint.py
     StopSignal                                                     signals.py
     check_finite, FiniteGuard                                      finite.py
     make_accelerator, unwrap, to_device, micro_batches, batch_rows,
@@ -12,7 +12,7 @@ Public API (see each module's docstring):
     make_optimizer, make_scheduler, clip_grad, lr_factor           optim.py
 """
 
-from alignlab.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignlab.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_step
 from alignlab.runtime.finite import FiniteGuard, check_finite
 from alignlab.runtime.loop import (
     Meter,
@@ -33,6 +33,6 @@ from alignlab.runtime.signals import StopSignal
 __all__ = [
     "FiniteGuard", "Meter", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state",
     "latest_checkpoint", "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler",
-    "save_checkpoint", "seed_everything", "set_rng_state", "unwrap", "batch_rows", "batch_tokens", "due",
+    "save_checkpoint", "save_step", "seed_everything", "set_rng_state", "unwrap", "batch_rows", "batch_tokens", "due",
     "micro_batches", "resume_point", "to_device",
 ]

@@ -72,6 +72,18 @@ def save_checkpoint(run_dir: Any, step: int, *, model: torch.nn.Module, tokenize
     return final
 
 
+def save_step(run_dir: Any, step: int, *, guard: Any, meter: Any, state: dict, write: bool, keep: int,
+              **parts: Any) -> None:
+    """A training loop's checkpoint at `step`: confirm every step since the last check was finite (a
+    checkpoint is never written after a non-finite step), store the meter's open logging interval in `state`
+    (for an exact resume), and, on the process that writes (`write`), `save_checkpoint(run_dir, step,
+    state=state, keep=keep, **parts)` with `parts` = model, tokenizer, optimizer, scheduler."""
+    guard.check()
+    state["meter"] = meter.state_dict()
+    if write:
+        save_checkpoint(run_dir, step, state=state, keep=keep, **parts)
+
+
 def latest_checkpoint(run_dir_or_path: Any) -> Path | None:
     """The complete checkpoint with the highest step, or None.
 
