@@ -42,10 +42,10 @@ from typing import Any
 import torch
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError
 from alignlab.eval.best_of_n import best_of_k_curve, bon_kl, select_best
 from alignlab.models import load_model, load_tokenizer, save_model
-from alignlab.rewards import RewardSource, RewardSourceConfig, build_reward
+from alignlab.rewards import RewardSource, RewardSourceConfig, build_reward, checked_scores, source_name
 from alignlab.rollout import BACKENDS, Rollouts, Sampling, make_engine
 from alignlab.rollout.experience import PromptSet, load_prompts, sample
 from alignlab.runtime import Progress, RunDir, StopSignal, make_accelerator, resume_point, seed_everything
@@ -179,15 +179,9 @@ def generate(engine, prompts: PromptSet, indices: list[int], cfg: BoNConfig, ite
 
 
 def score(source: RewardSource, samples: Samples, what: str) -> torch.Tensor:
-    """(B,) scores; a non-finite score is an error naming the sample."""
-    scores = source.score(samples.prompts, samples.completions, **samples.columns).float()
-    if scores.dim() != 1:
-        raise ConfigError(f"{what} returned shape {tuple(scores.shape)}; best-of-n needs one score per sample")
-    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-    if bad:
-        raise DataError(f"{what} returned {scores[bad[0]].item()} for sample {bad[0]} "
-                        f"(completion {samples.completions[bad[0]][:60]!r}); scores must be finite")
-    return scores
+    """(B,) scores; a wrong shape or a non-finite score is a RewardError naming the source and the sample."""
+    return checked_scores(source, samples.prompts, samples.completions, name=f"{what} {source_name(source)!r}",
+                          **samples.columns)
 
 
 def keep_winners(best: torch.Tensor, scores: torch.Tensor, opts: BoNOptions) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Reward sources behind one protocol, `score(prompts, completions, **columns) -> Tensor[B]`, and their
 combination; `ensemble` is pure torch."""
 
-from alignlab.rewards.base import FunctionReward, RewardError, RewardSource, as_scores
+from alignlab.rewards.base import FunctionReward, RewardError, RewardSource, as_scores, checked_scores, source_name
 from alignlab.rewards.code import CodeReward, extract_code
 from alignlab.rewards.combine import EnsembleReward, WeightedSum
 from alignlab.rewards.config import SPEC_KINDS, RewardSourceConfig, build_reward, build_source
@@ -13,5 +13,6 @@ from alignlab.rewards.sandbox import SandboxResult, containment, run_many, run_s
 
 __all__ = ["MODES", "SPEC_KINDS", "CodeReward", "EnsembleReward", "FunctionReward", "MathReward", "RewardError",
            "RewardModelSource", "RewardSource", "RewardSourceConfig", "Rule", "RuleReward", "SandboxResult",
-           "WeightedSum", "answers_match", "as_scores", "build_reward", "build_source", "combine", "containment",
-           "disagreement", "extract_answer", "extract_code", "run_many", "run_sandboxed"]
+           "WeightedSum", "answers_match", "as_scores", "build_reward", "build_source", "checked_scores", "combine",
+           "containment", "disagreement", "extract_answer", "extract_code", "run_many", "run_sandboxed",
+           "source_name"]

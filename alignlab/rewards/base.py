@@ -4,7 +4,9 @@
     scores = source.score(prompts, completions, answer=answers)   # float32 tensor (B,)
 
 Every source returns one float32 CPU tensor `(B,)` (or `(B, K)` for a multi-objective source); the extra
-keyword arguments are the prompt dataset's other columns, one list of length B per column.
+keyword arguments are the prompt dataset's other columns, one list of length B per column. Recipes score
+through `checked_scores`, which also refuses a wrong shape or a NaN/inf score with a RewardError naming the
+source, the row of the batch and its prompt.
 """
 
 from __future__ import annotations
@@ -73,3 +75,40 @@ class FunctionReward:
         except Exception as e:
             raise RewardError(f"reward source 'python:{self.name}' raised {type(e).__name__}: {e}") from e
         return as_scores(values, len(completions), f"reward source 'python:{self.name}'")
+
+
+def source_name(source) -> str:
+    """The spec-like name of a source for messages: `python:FN`, `rm:PATH`, `math:answer`, `a + b` for sums."""
+    if isinstance(source, FunctionReward):
+        return f"python:{source.name}"
+    if getattr(source, "sources", None):  # WeightedSum / EnsembleReward
+        return " + ".join(source_name(s) for s in source.sources)
+    for attr, prefix in (("name", ""), ("answer_column", "math:"), ("tests_column", "code:")):
+        if getattr(source, attr, None):
+            return f"{prefix}{getattr(source, attr)}"
+    return type(source).__name__
+
+
+def checked_scores(source: RewardSource, prompts: list[str], completions: list[str], *, name: str | None = None,
+                   **columns) -> torch.Tensor:
+    """`source.score(prompts, completions, **columns)` as float32 `(B,)`, or a RewardError: the one call every
+    online recipe (ppo, grpo, bon) scores through.
+
+    A multi-objective `(B, K)` result, or a NaN/inf score, stops the run: the message names the source
+    (`name`, default `source_name(source)`), the first bad row's index within the batch, its prompt and
+    completion (truncated), how many rows are bad, and what to change.
+    """
+    name = name or f"reward source {source_name(source)!r}"
+    scores = source.score(prompts, completions, **columns)
+    if scores.dim() != 1:
+        raise RewardError(f"{name} returned scores of shape {tuple(scores.shape)}; online RL needs one score per "
+                          "completion (combine a multi-objective source into one with reward.weights)")
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise RewardError(
+            f"{name} returned {float(scores[i])} for row {i} of the batch of {len(completions)} (prompt "
+            f"{prompts[i][:60]!r}, completion {completions[i][:60]!r}); {len(bad)} row(s) non-finite: {bad[:8]}. "
+            "Scores must be finite: make the source return a number for such completions (e.g. a failure score "
+            "of 0 or -1), or, for an rm: source, check the reward model's weights and its stored normalization")
+    return scores.float()

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from alignlab.data import normalize, read_rows, tokenize_prompts
 from alignlab.models.logprobs import compute_logprobs
-from alignlab.rewards.base import RewardSource
+from alignlab.rewards.base import RewardSource, checked_scores
 from alignlab.rollout.base import Rollouts, Sampling
 
 log = logging.getLogger("alignlab")
@@ -205,16 +205,9 @@ def sample(engine, prompts: PromptSet, indices: Sequence[int], sampling: Samplin
 
 
 def score(reward: RewardSource, rollouts: Rollouts, columns: dict[str, list]) -> Tensor:
-    """(B,) float32 scores of the completions, one batched call of the reward source."""
-    scores = reward.score(rollouts.prompts, rollouts.completions, **columns)
-    if scores.dim() != 1:
-        raise ValueError(f"the reward must give one score per completion, got shape {tuple(scores.shape)} "
-                         "(combine a multi-objective source into one score with reward.weights)")
-    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(f"the reward returned a non-finite score for completion(s) {bad[:5]} "
-                         f"(e.g. {rollouts.completions[bad[0]]!r})")
-    return scores.float()
+    """(B,) float32 scores of the completions, one batched call of the reward source; a wrong shape or a
+    non-finite score is a RewardError naming the source, the row and its prompt (`rewards.checked_scores`)."""
+    return checked_scores(reward, rollouts.prompts, rollouts.completions, **columns)
 
 
 @torch.no_grad()

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig
 from alignlab.data import normalize, read_rows
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError
 from alignlab.recipes.best_of_n import BoNConfig, BoNOptions, main, sft_row
-from alignlab.rewards import RewardSourceConfig
+from alignlab.rewards import RewardError, RewardSourceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["the movie was", "a truly", "what is", "i loved the", "the film was", "an excellent"]
@@ -166,7 +166,7 @@ def test_bad_input_errors(tiny_model_dir, files, tmp_path, capsys):
                          (dict(max_prompts=0), "bon.max_prompts")):
         with pytest.raises(ConfigError, match=message):
             BoNOptions(**bad)
-    with pytest.raises(DataError, match="returned nan for sample 0"):
+    with pytest.raises(RewardError, match=f"bon.eval_reward 'python:{rewards}:broken' returned nan for row 0 of"):
         main(config(tiny_model_dir, data, rewards, tmp_path / "nan", eval_reward=[f"python:{rewards}:broken"]))
     with pytest.raises(ConfigError, match="has no function 'missing'"):
         main(config(tiny_model_dir, data, rewards, tmp_path / "missing", eval_reward=[f"python:{rewards}:missing"]))

@@ -15,7 +15,7 @@ from alignlab.cli import main as cli_main
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, RolloutConfig
 from alignlab.errors import ConfigError
 from alignlab.recipes.pg import PRESETS, PGConfig, PGOptions, main, needs_old_logprobs
-from alignlab.rewards import RewardSourceConfig
+from alignlab.rewards import RewardError, RewardSourceConfig
 
 REWARD = '''
 import os, signal
@@ -209,13 +209,24 @@ def test_sigterm_saves_and_stops(tiny_model_dir, prompt_data, tmp_path):
     assert (out / "checkpoints" / "step-2").is_dir() and not (out / "model.safetensors").exists()
 
 
-def test_non_finite_scores_are_an_error_naming_the_completion(tiny_model_dir, prompt_data, tmp_path):
-    (prompt_data / "nan_reward.py").write_text("def r(prompts, completions):\n    return [float('nan')] * "
-                                               "len(completions)\n")
-    cfg = config(tiny_model_dir, prompt_data, tmp_path / "nan",
-                 reward=RewardSourceConfig(sources=[f"python:{prompt_data / 'nan_reward.py'}:r"]))
-    with pytest.raises(ValueError, match="non-finite score"):
-        main(cfg)
+def test_non_finite_score_is_a_reward_error_naming_source_row_and_prompt(tiny_model_dir, prompt_data, tmp_path,
+                                                                          capsys):
+    """Through the CLI: row 1 of the first batch scores inf; the run stops before any update, exit status 1."""
+    (prompt_data / "nan_reward.py").write_text(
+        "def r(prompts, completions):\n    return [float('inf') if i == 1 else 0.0 for i in range(len(prompts))]\n")
+    spec = f"python:{prompt_data / 'nan_reward.py'}:r"
+    out = tmp_path / "nan"
+    args = ["grpo", "--model", str(tiny_model_dir), "--dataset", str(prompt_data / "prompts.jsonl"),
+            "--output-dir", str(out), "--max-steps", "2", "--reward.sources", spec, "--rollout.prompts-per-step", "2",
+            "--rollout.group-size", "2", "--rollout.max-new-tokens", "4", "--log.progress", "False",
+            "--log.tensorboard", "False", "--data.eval-fraction", "0"]
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    assert not (out / "samples").exists() and not (out / "checkpoints").exists()  # the step never ran
+    assert f"reward source '{spec}' returned inf for row 1 of the batch of 4 (prompt 'what is " in err
+    assert "1 row(s) non-finite: [1]" in err and "Scores must be finite" in err
+    with pytest.raises(RewardError, match="returned inf for row 1"):
+        main(config(tiny_model_dir, prompt_data, tmp_path / "api", reward=RewardSourceConfig(sources=[spec])))
 
 
 def sampled_accuracy(model_dir, data, rows: list[int]) -> float:
