@@ -179,3 +179,44 @@ def process_reward_loss(step_logits: torch.Tensor, step_labels: torch.Tensor) ->
       (N,) loss per step.
     """
     return F.binary_cross_entropy_with_logits(step_logits, step_labels.to(step_logits.dtype), reduction="none")
+
+
+def sft_regularization_loss(chosen_seq_logprobs: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """GRM's SFT regularizer -log sigmoid(beta * log pi(y_c | x)) on the reward model's own hidden states.
+
+    The reward model keeps the base LM's head on its backbone; this term keeps the backbone's hidden states good
+    for generating the chosen response, which Yang et al. find makes the reward generalize (and resist
+    over-optimization) better. The recipe adds it to the reward loss: L = L_BT + coef * L_SFT. For
+    beta * log pi << 0 it is beta * NLL(y_c) (softplus(-x) ~ -x); it vanishes as log pi -> 0.
+    Paper: Yang et al. 2024 (Regularizing Hidden States Enables Learning Generalizable Reward Model for LLMs,
+    GRM, arXiv:2406.10216), the text-generation regularizers of its method section, L_total = (1 - alpha) L_reward
+    + alpha L_reg, with L_SFT = -log sigmoid(beta log pi(y_c | x)).
+    Deviation: the weights are L_BT + coef * L_SFT (the paper's (1 - alpha) L_reward + alpha L_reg is this with
+    coef = alpha / (1 - alpha) and the learning rate times (1 - alpha)).
+    Args:
+      chosen_seq_logprobs: (B,) log pi(y_c | x), summed over the chosen completion's tokens, from the LM head over
+        the reward model's hidden states (`alignlab.models.logprobs.hidden_logprobs`).
+      beta: > 0, scale of the log-likelihood inside the sigmoid (0.1 in the paper's code).
+    Returns:
+      (B,) loss.
+    """
+    return F.softplus(-beta * chosen_seq_logprobs)  # -log sigmoid(beta * log pi(y_c|x))
+
+
+def dpo_regularization_loss(chosen_seq_logprobs: torch.Tensor, rejected_seq_logprobs: torch.Tensor, *,
+                            beta: float) -> torch.Tensor:
+    """GRM's reference-free DPO regularizer -log sigmoid(beta (log pi(y_c | x) - log pi(y_r | x))).
+
+    The LM head over the reward model's hidden states is trained as a DPO policy without a reference model, so
+    the hidden states also carry the preference as a generation likelihood gap.
+    Paper: Yang et al. 2024 (GRM, arXiv:2406.10216), the DPO regularizer of its method section (reference-free
+    form; the DPO loss is Rafailov et al. 2023, arXiv:2305.18290, Eq. 7).
+    Deviation: no reference model (the paper also has a variant with one; not built); weights as in
+    `sft_regularization_loss`.
+    Args:
+      chosen_seq_logprobs: (B,) log pi(y_c | x). rejected_seq_logprobs: (B,) log pi(y_r | x).
+      beta: > 0, DPO temperature.
+    Returns:
+      (B,) loss.
+    """
+    return F.softplus(-beta * (chosen_seq_logprobs - rejected_seq_logprobs))

@@ -324,6 +324,35 @@ def compute_logprobs(model: nn.Module, batch: dict, *, temperature: float = 1.0,
     return _summarize(logprobs, mask, entropy)
 
 
+def hidden_logprobs(head: nn.Module, hidden: Tensor, batch: dict, *, config=None,
+                    chunk_size: int | None = None) -> LogProbs:
+    """Log-probs of the counted tokens of `batch` from last hidden states (B, T, H) that some forward already made,
+    through the LM head `head`: for a model whose own forward ends in another head, e.g. a reward model whose
+    backbone also feeds the causal LM's head (Yang et al. 2024, GRM, arXiv:2406.10216).
+
+    Same convention, chunked projection and shared-prompt rows (`segments`: returned as laid out, see `as_pairs`)
+    as `compute_logprobs`; `config` (the causal LM's) supplies the logit scale and soft-cap, none when None.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = (float(getattr(text, "logit_scale", None) or 1.0) * float(getattr(text, "output_multiplier", None) or 1.0)
+             / float(getattr(text, "logits_scaling", None) or 1.0))
+    softcap = getattr(text, "final_logit_softcapping", None)
+    n_batch, n_tok = batch["input_ids"].shape
+    mask = _counted(batch["response_mask"])  # (B, T)
+    target_pos = mask.flatten().nonzero().squeeze(1)  # (N,)
+    h = hidden.reshape(n_batch * n_tok, -1).index_select(0, _sources(batch, target_pos))  # (N, H)
+    targets = batch["input_ids"].flatten().index_select(0, target_pos)  # (N,)
+    spec = (scale, float(softcap) if softcap else None, 1.0)
+    weight = getattr(head, "weight", None)
+    chunk_size = chunk_size or _default_chunk_size(weight.shape[0] if weight is not None else 1 << 15)
+    if type(head) is nn.Linear:
+        lp, _ = _LinearHeadLogprobs.apply(h, head.weight, head.bias, targets, spec, False, chunk_size)
+    else:
+        lp, _ = _module_head_logprobs(head, h, targets, spec, False, chunk_size)
+    logprobs = lp.new_zeros(n_batch * n_tok).index_put((target_pos,), lp).view(n_batch, n_tok)
+    return _summarize(logprobs, mask, None)
+
+
 def pair_logprobs(model: nn.Module, batch: dict, **kwargs) -> LogProbs:
     """LogProbs of 2B rows, the B chosen completions then the B rejected ones, from one forward over either a
     `collate_preference` batch (2B rows already) or a `collate_shared_prompt` batch (B rows, prompt held once).

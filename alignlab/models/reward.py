@@ -40,6 +40,7 @@ from alignlab.models.load import (
     load_tokenizer,
     merge_lora,
 )
+from alignlab.models.shared_prompt import inner_model
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,66 @@ def reward_scores(model, batch: dict) -> torch.Tensor:
         (B, K) float32, differentiable when grad is enabled.
     """
     return _forward(model, batch).logits.float()
+
+
+def reward_scores_and_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`reward_scores` (B, K) float32 and the last hidden states (B, T, H) the score head read, from one forward.
+
+    The hidden states are the `score` head's input (after the backbone's final norm), caught by a forward hook so
+    that wrappers (peft, DDP) run their own forward; `alignlab.models.logprobs.hidden_logprobs` turns them into the
+    causal LM's log-probs (the GRM regularizer, `load_lm_head`).
+    """
+    head = getattr(inner_model(model), "score", None)
+    if head is None:
+        raise ConfigError(f"{type(inner_model(model)).__name__} has no `score` head: its hidden states cannot be read")
+    caught = []
+    handle = head.register_forward_hook(lambda _m, args, _out: caught.append(args[0]))
+    try:
+        scores = reward_scores(model, batch)
+    finally:
+        handle.remove()
+    return scores, caught[0]
+
+
+def load_lm_head(path: str | Path, model, *, trust_remote_code: bool = False) -> nn.Linear:
+    """The causal LM's output head over a reward model's backbone: training only, never saved with the RM.
+
+    Used by the text-generation regularizer of Yang et al. 2024 (GRM, arXiv:2406.10216), which keeps the
+    base model's LM head on the reward model's hidden states. Tied embeddings (`tie_word_embeddings`): a Linear
+    whose weight IS the reward model's input-embedding parameter (it trains with the backbone, as in a tied causal
+    LM). Untied: the head weight read from `path`'s safetensors, frozen (only its gradient w.r.t. the hidden states
+    flows; a trained copy would be thrown away at save). Rows for tokens the tokenizer added are zero.
+    Args:
+        path: the causal-LM checkpoint the reward model was built from (`load_reward_model(path)`).
+        model: that reward model (optionally LoRA-wrapped); its input embeddings give H and V.
+    """
+    import transformers
+    from safetensors import safe_open
+
+    name, _ = _resolve(path, "causal LM")
+    config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])):
+        raise ConfigError(f"'{name}' is not a causal-LM checkpoint ({config.architectures}); the LM-head "
+                          "regularizer (rm.lm_coef > 0) needs the causal LM the reward model starts from")
+    embed = inner_model(model).get_input_embeddings().weight  # (V', H), V' >= V after tokenizer additions
+    head = nn.Linear(embed.shape[1], embed.shape[0], bias=False, device=embed.device, dtype=embed.dtype)
+    if getattr(config.get_text_config(), "tie_word_embeddings", False):
+        head.weight = embed
+        return head
+    with torch.device("meta"):
+        lm = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    out = lm.get_output_embeddings()
+    key = next(n for n, p in lm.named_parameters() if p is out.weight)
+    index = Path(name) / "model.safetensors.index.json"
+    file = Path(name) / (json.loads(index.read_text())["weight_map"].get(key, "") if index.exists()
+                         else "model.safetensors")
+    if not file.is_file():
+        raise ConfigError(f"'{name}': no safetensors file holds the LM head weight '{key}'")
+    with safe_open(str(file), framework="pt") as f:
+        weight = f.get_tensor(key)  # (V, H)
+    with torch.no_grad():
+        head.weight.zero_()[: weight.shape[0]].copy_(weight)
+    return head.requires_grad_(False)
 
 
 def compute_normalization(scores: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -19,13 +19,18 @@ correct/incorrect label per step, TRL's stepwise-supervision rows {"prompt", "co
 
 The run directory holds the final model (loadable by plain transformers), its normalization gain/bias
 computed on `rm.normalize_on`, and `eval.json` (accuracy, ECE, per-category, ensemble agreement, ...).
+bradley_terry also takes GRM's text-generation regularizer (`--rm.lm-coef`, Yang 2024; recipes/reward_terms.py):
+the base LM's head over the RM's hidden states, + coef * -log sigmoid(beta log pi(y_c|x)) (or `nll`, `dpo`).
+
 Departures from the papers: ensemble members share the backbone (N heads, Coste 2023 style) and see the
-same batches (Christiano 2017 trains separate bootstrapped networks); there is no auxiliary LM loss on the
-reward model (use `imitation` for the LM baseline); process labels are read at the last token of each step.
+same batches (Christiano 2017 trains separate bootstrapped networks); GRM's regularizer is added as
+L_BT + coef * L_reg (not (1 - a) L_BT + a L_reg), an untied LM head stays frozen, and its DPO form has no
+reference model; process labels are read at the last token of each step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -55,6 +60,7 @@ from alignlab.models.reward import (
     GatingNetwork,
     apply_reward_lora,
     compute_normalization,
+    load_lm_head,
     load_process_reward_model,
     load_reward_model,
     prompt_hidden_states,
@@ -72,6 +78,7 @@ from alignlab.recipes.reward_data import (
     step_stats,
 )
 from alignlab.recipes.reward_eval import final_eval, prompt_view, score_rows, scorer
+from alignlab.recipes.reward_terms import lm_regularizer, scores_and_hidden
 from alignlab.rewards.ensemble import combine
 from alignlab.runtime import (
     FiniteGuard,
@@ -126,6 +133,12 @@ class RewardOptions:
     """Text appended to each step of `process` rows; the step's label is read at its last token."""
     eval_batch_size: int = 32
     """Sequences per forward when scoring for evaluation and normalization."""
+    lm_coef: float = 0.0
+    """bradley_terry: weight of GRM's text-generation regularizer (Yang 2024) on the RM's hidden states; 0 = off."""
+    lm_loss: Literal["sft", "nll", "dpo"] = "sft"
+    """GRM regularizer: -log sigmoid(beta log pi(y_c|x)) (`sft`), token-mean NLL of y_c, or reference-free DPO."""
+    lm_beta: float = 0.1
+    """beta of the `sft` and `dpo` regularizers."""
     share_prompt: bool = True
     """bradley_terry: hold each pair's prompt once (prompt + chosen + rejected in one row, 4D attention mask);
     same scores as separate rows, fewer FLOPs. Off for models without a `score` head or whose attention takes
@@ -134,14 +147,14 @@ class RewardOptions:
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"rm.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.center_coef < 0 or self.lam < 0 or self.gating_beta <= 0:
-            raise ConfigError("rm.center_coef and rm.lam must be >= 0, rm.gating_beta > 0")
+        if min(self.center_coef, self.lam, self.lm_coef) < 0 or self.gating_beta <= 0 or self.lm_beta <= 0:
+            raise ConfigError("rm.center_coef, rm.lam and rm.lm_coef must be >= 0; rm.gating_beta, rm.lm_beta > 0")
         if self.ensemble_size < 1:
             raise ConfigError(f"rm.ensemble_size must be >= 1, got {self.ensemble_size}")
         if self.ensemble_size > 1 and self.objective not in ("bradley_terry", "binary"):
             raise ConfigError("rm.ensemble_size > 1 needs rm.objective bradley_terry or binary")
         pair_only = {"margin_column": self.margin_column, "label_smoothing": self.label_smoothing,
-                     "center_coef": self.center_coef}
+                     "center_coef": self.center_coef, "lm_coef": self.lm_coef}
         for name, value in pair_only.items():
             if value and self.objective != "bradley_terry":
                 raise ConfigError(f"rm.{name} applies to rm.objective bradley_terry only")
@@ -173,9 +186,12 @@ class RewardConfig:
 # Each returns (losses per unit, correct per unit or None, margins or None, scores) for one batch.
 
 
-def _bt(model, batch, cfg):
-    shared = "segments" in batch
-    scores = shared_prompt_scores(model, batch) if shared else reward_scores(model, batch)  # (2B, N)
+def _bt(model, batch, cfg, lm_head=None):
+    shared, hidden = "segments" in batch, None
+    if lm_head is not None:  # GRM: the same forward's hidden states feed the LM head
+        scores, hidden = scores_and_hidden(model, batch)
+    else:
+        scores = shared_prompt_scores(model, batch) if shared else reward_scores(model, batch)  # (2B, N)
     n = scores.shape[0] // 2
     chosen, rejected = scores[:n], scores[n:]
     margin = batch.get("margin")
@@ -185,6 +201,9 @@ def _bt(model, batch, cfg):
     losses = losses.view(n, -1).mean(1)  # every head learns from every pair
     if cfg.rm.center_coef:
         losses = losses + reward_centering_loss(chosen, rejected, coef=cfg.rm.center_coef).mean(1)
+    if hidden is not None:
+        losses = losses + cfg.rm.lm_coef * lm_regularizer(model, lm_head, hidden, batch, kind=cfg.rm.lm_loss,
+                                                          beta=cfg.rm.lm_beta)
     c, r = _combined(chosen, cfg), _combined(rejected, cfg)
     return losses, c > r, c - r, scores
 
@@ -329,7 +348,10 @@ def main(cfg: RewardConfig) -> dict:
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
-    pad_id, device = tokenizer.pad_token_id, accelerator.device
+    pad_id, device, m = tokenizer.pad_token_id, accelerator.device, cfg.model
+    if cfg.rm.lm_coef > 0:  # held here, not by the model: never in a checkpoint or the saved RM
+        lm_head = load_lm_head(cfg.model.path, unwrap(accelerator, model), trust_remote_code=m.trust_remote_code)
+        forward = functools.partial(forward, lm_head=lm_head.to(device))
     eval_batches = [pipeline.collate(b, pad_id) for b in epoch_batches(data.eval_feats, cfg, 0)]
 
     state = {"step": 0, "epoch": 0, "batch_index": 0}

@@ -117,6 +117,12 @@ def shared_prompt_scores(model, batch) -> torch.Tensor:
 
     The model runs its own forward (so peft/LoRA wrappers work); a hook catches the score head's output at every
     position (B, T, K), which is cheap next to the backbone, and the two sides are read from it."""
+    return shared_prompt_forward(model, batch, hidden=False)[0]
+
+
+def shared_prompt_forward(model, batch, *, hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`shared_prompt_scores` (2B, K) and, when `hidden`, the last hidden states (B, T, H) the score head read
+    (every position valid: the last layer's MLP then runs in full), for the LM-head regularizer."""
     ids, seg = batch["input_ids"], batch["segments"]
     n_batch, n_tok = ids.shape
     t = torch.arange(n_tok, device=ids.device)
@@ -125,13 +131,14 @@ def shared_prompt_scores(model, batch) -> torch.Tensor:
     last = torch.cat([(t * ((seg == side) & not_pad)).argmax(1) for side in (1, 2)])  # (2B,): chosen, rejected
     read = torch.cat([rows, rows]) * n_tok + last  # (2B,) flat positions: the only outputs read
     caught = []
-    handle = inner_model(model).score.register_forward_hook(lambda _m, _args, out: caught.append(out))
+    handle = inner_model(model).score.register_forward_hook(lambda _m, args, out: caught.append((args[0], out)))
     try:  # the last layer's MLP runs at the read positions only (`alignlab.models.last_layer`)
-        with last_mlp_at(model, read):
+        with last_mlp_at(model, None if hidden else read):
             model(**shared_model_inputs(model, batch))
     finally:
         handle.remove()
-    return caught[0].reshape(n_batch * n_tok, -1).index_select(0, read).float()  # (2B, K)
+    states, out = caught[0]
+    return out.reshape(n_batch * n_tok, -1).index_select(0, read).float(), states if hidden else None  # (2B, K)
 
 
 def _completion_feats(items: list[tuple], tokenizer, cfg):

@@ -16,11 +16,13 @@ from alignlab.losses.reward import (
     attribute_regression_loss,
     binary_discrimination_loss,
     bradley_terry_loss,
+    dpo_regularization_loss,
     gated_bt_loss,
     gated_scores,
     kwise_ranking_loss,
     process_reward_loss,
     reward_centering_loss,
+    sft_regularization_loss,
 )
 
 NLS = {2.0: 0.126928, 1.0: 0.313262, 0.0: math.log(2), -1.0: 1.313262}  # -log sigmoid(d)
@@ -179,6 +181,29 @@ def test_process_reward_loss():
     logits = t(2.0, -1.0, 0.0)
     losses = process_reward_loss(logits, torch.tensor([True, False, True]))
     torch.testing.assert_close(losses, t(NLS[2.0], NLS[1.0], NLS[0.0]), atol=1e-6, rtol=0)
+
+
+def test_sft_regularizer_worked_numbers_and_limits():
+    """GRM SFT regularizer -log sigmoid(beta log pi): beta = 0.1, log pi = -10 -> softplus(1) = 1.313262;
+    log pi = 0 (the LM is certain) -> log 2; log pi = -1000 -> 100.0 = beta * NLL (the large-NLL limit).
+    d/d log pi = -beta sigmoid(-beta log pi) = -0.1 * sigmoid(1) = -0.073106: raising log pi lowers the loss."""
+    lp = t(-10.0, 0.0, -1000.0).requires_grad_()
+    losses = sft_regularization_loss(lp, beta=0.1)
+    torch.testing.assert_close(losses, t(NLS[-1.0], NLS[0.0], 100.0), atol=1e-5, rtol=0)
+    losses.sum().backward()
+    assert lp.grad[0].item() == pytest.approx(-0.073106, abs=1e-6)
+    assert lp.grad[2].item() == pytest.approx(-0.1, abs=1e-6) and lp.grad[1].item() == pytest.approx(-0.05)
+
+
+def test_dpo_regularizer_worked_numbers():
+    """beta = 0.1, log pi(y_c) = -5, log pi(y_r) = -15: d = 1 -> 0.313262; equal log-probs -> log 2; it is the
+    Bradley-Terry loss of the scaled log-likelihoods, and moves chosen up, rejected down."""
+    c, r = t(-5.0, -7.0).requires_grad_(), t(-15.0, -7.0).requires_grad_()
+    losses = dpo_regularization_loss(c, r, beta=0.1)
+    torch.testing.assert_close(losses, t(NLS[1.0], NLS[0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(losses, bradley_terry_loss(0.1 * c, 0.1 * r)[0])
+    losses.sum().backward()
+    assert (c.grad < 0).all() and (r.grad > 0).all()
 
 
 def test_reward_losses_import_with_torch_only():
