@@ -50,7 +50,9 @@ def samples_per_prompt(ctx: Context) -> tuple[list[dict], torch.Tensor]:
     rollouts = make_engine(model, tokenizer).generate(prompts, s["acc_samples"], Sampling(max_new_tokens=24),
                                                       seed=ctx.seed)
     gold = sentiment.gold_reward([p + c for p, c in zip(rollouts.prompts, rollouts.completions)])
-    rows = [{"prompt": p, "completion": c or " "} for p, c in zip(rollouts.prompts, rollouts.completions)]
+    # a blank completion (EOS at once) gets a neutral "." so the row is valid; its gold reward is the blank's
+    rows = [{"prompt": p, "completion": c if c.strip() else "."}
+            for p, c in zip(rollouts.prompts, rollouts.completions)]
     feats, _ = tokenize_sft(normalize(rows, "sft"), tokenizer, max_length=64)
     return feats, torch.tensor(gold).view(len(prompts), -1)
 
