@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from alignlab.lab.datasets import dataset_path
 from alignlab.lab.experiments import Check, Context, Outcome
 from alignlab.lab.experiments.common import line_plot, metrics, sft_policy
@@ -48,17 +50,19 @@ def command(ctx: Context, name: str, sft_path, out) -> list[str]:
     return ["grpo", *common, "--rollout.group-size", str(s["group"]), "--advantage", name]
 
 
-def launch(args: list[str]) -> tuple[float, float]:
-    """Run `alignlab ARGS` in a fresh process; (wall seconds, its peak RSS in MB). Raises if it fails."""
+def launch(args: list[str]) -> tuple[float, float, float]:
+    """Run `alignlab ARGS` in a fresh process with this process's torch thread count; (wall seconds, its CPU
+    seconds, its peak RSS in MB). Raises if it fails."""
     start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "alignlab.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                            stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read().decode(errors="replace")
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"alignlab {' '.join(args[:1])} failed ({proc.returncode}):\n{err[-2000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def run(ctx: Context) -> Outcome:
@@ -69,11 +73,12 @@ def run(ctx: Context) -> Outcome:
     results, curves = {}, {}
     for name in s["algorithms"]:
         out = ctx.work / name
-        seconds, peak_mb = launch(command(ctx, name, sft_path, out))
+        seconds, cpu_seconds, peak_mb = launch(command(ctx, name, sft_path, out))
         evals = [m for m in metrics(out) if "eval_score" in m]
         curves[name] = ([m["step"] * per_step for m in evals], [m["eval_score"] for m in evals])
         results[name] = {"accuracy_start": evals[0]["eval_score"], "accuracy_end": evals[-1]["eval_score"],
-                         "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb)}
+                         "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+                         "peak_rss_mb": round(peak_mb)}
     plots = [line_plot(ctx.out / "accuracy.png", curves, xlabel="completions sampled",
                        ylabel="held-out exact match (greedy)", title="RL algorithms on lab arithmetic")]
     start = results[s["algorithms"][0]]["accuracy_start"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -59,19 +60,25 @@ def report(name: str, module, ctx: Context, outcome: Outcome, seconds: float) ->
     return "\n".join(lines) + "\n"
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished child processes (experiments that launch recipes)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def main(cfg: LabRunConfig) -> dict:
     module = load(cfg.name)
     out = Path(cfg.output_dir or f"runs/lab/{cfg.name}")
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "runs", ignore_errors=True)  # this experiment's own runs from an earlier call
     ctx = Context(cfg.name, out, cfg.scale, dict(module.SCALES[cfg.scale]), cfg.seed, cfg.progress)
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), cpu_seconds()
     outcome = module.run(ctx)
     seconds = time.perf_counter() - start
     result = {"name": cfg.name, "paper": module.PAPER, "claim": module.CLAIM, "scale": cfg.scale, "seed": cfg.seed,
               "settings": ctx.settings, "numbers": outcome.numbers, "checks": [asdict(c) for c in outcome.checks],
               "plots": [p.name for p in outcome.plots], "seconds": round(seconds, 1),
-              "cpu_seconds": round(time.process_time() - cpu, 1)}
+              "cpu_seconds": round(cpu_seconds() - cpu, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "report.md").write_text(report(cfg.name, module, ctx, outcome, seconds))
     for c in outcome.checks:
