@@ -28,12 +28,13 @@ from alignlab.data.types import (
     PromptCompletion,
     PromptOnly,
     RankedList,
+    StepLabeled,
     UnpairedExample,
 )
 
 __all__ = [
     "KINDS", "AttributeExample", "Example", "PreferencePair", "PromptCompletion", "PromptOnly", "RankedList",
-    "Row", "TruncationReport", "UnpairedExample", "collate", "collate_packed", "collate_preference",
+    "Row", "StepLabeled", "TruncationReport", "UnpairedExample", "collate", "collate_packed", "collate_preference",
     "collate_shared_prompt", "detect_schema", "feature_length", "make_batches", "normalize", "pack",
     "packed_padding_fraction", "padding_fraction", "read_rows", "shared_prompt_length", "tokenize_preference",
     "tokenize_prompts", "tokenize_sft",

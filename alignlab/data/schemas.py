@@ -18,6 +18,7 @@ the record into the examples `kind` asks for. Nothing has to be converted by han
 | kto                  | prompt, completion, label (bool)                      |
 | ranked               | prompt, completions, ranks (0 = best) and/or scores   |
 | helpsteer            | prompt, response, helpfulness, correctness, ...       |
+| stepwise             | prompt, completions (steps), labels (bool per step)   |
 | summarize-feedback   | info {post, title, subreddit}, summaries [{text}], choice |
 | shp                  | history, human_ref_A, human_ref_B, labels (1 = A preferred), score_A/B |
 | prompt               | prompt (anything else is kept as `extra`)             |
@@ -40,14 +41,15 @@ from alignlab.data.types import (
     PromptCompletion,
     PromptOnly,
     RankedList,
+    StepLabeled,
     Text,
     UnpairedExample,
 )
 from alignlab.errors import DataError
 
-KINDS = ("sft", "preference", "unpaired", "ranked", "attributes", "prompt")
+KINDS = ("sft", "preference", "unpaired", "ranked", "attributes", "steps", "prompt")
 FIELDS = ("prompt", "completion", "chosen", "rejected", "label", "completions", "ranks", "scores",
-          "score_chosen", "score_rejected", "margin", "messages")
+          "score_chosen", "score_rejected", "margin", "messages", "labels")
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
@@ -55,10 +57,12 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 SUPPORTED = ("prompt/completion; messages; conversations (ShareGPT); instruction/input/output (Alpaca); "
              "question/answer (GSM8K); prompt/chosen/rejected; chosen/rejected (implicit prompt or HH-RLHF "
              "transcripts); prompt/completion/label (KTO); prompt/completions/ranks or scores; "
-             "prompt/response/helpfulness/... (HelpSteer2); info/summaries/choice (summarize-from-feedback); "
-             "history/human_ref_A/human_ref_B/labels (SHP); prompt alone (online RL)")
+             "prompt/response/helpfulness/... (HelpSteer2); prompt/completions/labels (stepwise); "
+             "info/summaries/choice (summarize-from-feedback); history/human_ref_A/human_ref_B/labels (SHP); "
+             "prompt alone (online RL)")
 NEEDS = {"sft": "completion", "preference": "chosen/rejected pair", "unpaired": "labelled completion",
-         "ranked": "list of completions", "attributes": "attribute scores (helpfulness, correctness, ...)"}
+         "ranked": "list of completions", "attributes": "attribute scores (helpfulness, correctness, ...)",
+         "steps": "list of steps labelled true/false"}
 
 
 class Where(NamedTuple):
@@ -85,6 +89,8 @@ def detect_schema(row: dict) -> str:
         return "shp"
     if "completions" in keys and keys & {"ranks", "scores"}:
         return "ranked"
+    if {"prompt", "completions", "labels"} <= keys:
+        return "stepwise"
     if {"prompt", "completion", "label"} <= keys:
         return "kto"
     if {"prompt", "response"} <= keys and keys & set(ATTRIBUTES):
@@ -329,6 +335,20 @@ def _parse_ranked(data: dict, where: Where) -> dict:
             "extra": _rest(data, "prompt", "completions", "ranks", "scores")}
 
 
+def _parse_stepwise(data: dict, where: Where) -> dict:
+    prompt, steps, labels = (_get(data, key, where) for key in ("prompt", "completions", "labels"))
+    if not isinstance(prompt, str):
+        raise where.fail("prompt", f"expected a string (step rows are plain text), got {_show(prompt)}")
+    if not isinstance(steps, list) or not steps:
+        raise where.fail("completions", f"expected a non-empty list of steps, got {_show(steps)}")
+    for i, step in enumerate(steps):
+        if not isinstance(step, str) or not step.strip():
+            raise where.fail(f"completions[{i}]", f"expected a non-empty step string, got {_show(step)}")
+    if not isinstance(labels, list) or len(labels) != len(steps) or not all(isinstance(b, bool) for b in labels):
+        raise where.fail("labels", f"expected a list of {len(steps)} true/false (one per step), got {_show(labels)}")
+    return {"prompt": prompt, "steps": steps, "labels": labels, "extra": _rest(data, "prompt", "completions", "labels")}
+
+
 def _parse_summarize(data: dict, where: Where) -> dict:
     info, summaries, choice = (_get(data, key, where) for key in ("info", "summaries", "choice"))
     post = info.get("post") or info.get("article") if isinstance(info, dict) else None
@@ -367,6 +387,7 @@ PARSERS = {
     "preference": _parse_preference, "ultrafeedback": _parse_preference,
     "preference-implicit": _parse_implicit, "hh-rlhf": _parse_hh, "ranked": _parse_ranked,
     "summarize-feedback": _parse_summarize, "shp": _parse_shp, "prompt": _parse_prompt,
+    "stepwise": _parse_stepwise,
 }
 
 
@@ -386,7 +407,10 @@ def _convert(rec: dict, kind: str, schema: str, where: Where) -> list[Example]:
     prompt = rec["prompt"]
     if kind == "prompt":
         return [PromptOnly(prompt, extra=rec["extra"], **at)]
-    if "chosen" in rec:
+    if "steps" in rec:
+        if kind == "steps":
+            return [StepLabeled(prompt, rec["steps"], rec["labels"], **at)]
+    elif "chosen" in rec:
         chosen, rejected, sc, sr = rec["chosen"], rec["rejected"], rec["score_chosen"], rec["score_rejected"]
         if kind == "sft":
             return [PromptCompletion(prompt, chosen, **at)]

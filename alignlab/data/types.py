@@ -76,6 +76,18 @@ class AttributeExample:
 
 
 @dataclass
+class StepLabeled:
+    """A prompt and a solution as steps, each labelled correct (True) or not: process supervision
+    (TRL stepwise supervision; Math-Shepherd, PRM800K)."""
+
+    prompt: str
+    steps: list[str]
+    labels: list[bool]
+    source: str = ""
+    row: int = -1
+
+
+@dataclass
 class PromptOnly:
     """A prompt for online RL; `extra` keeps every other column (answers, tests) for reward functions."""
 
@@ -85,4 +97,5 @@ class PromptOnly:
     row: int = -1
 
 
-Example = PromptCompletion | PreferencePair | UnpairedExample | RankedList | AttributeExample | PromptOnly
+Example = (PromptCompletion | PreferencePair | UnpairedExample | RankedList | AttributeExample | StepLabeled
+           | PromptOnly)

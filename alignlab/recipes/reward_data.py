@@ -40,7 +40,7 @@ log = logging.getLogger("alignlab")
 class Pipeline(NamedTuple):
     """How one objective's rows become features and batches."""
 
-    kind: str  # `normalize` kind of the rows ("steps": TRL stepwise supervision, read here)
+    kind: str  # `normalize` kind of the rows
     featurize: Callable  # (examples, tokenizer, cfg, names) -> (features, TruncationReport)
     collate: Callable  # (features, pad_id) -> batch dict of tensors
     units: Callable  # feature -> how many loss terms it contributes (its weight in the step's mean)
@@ -215,43 +215,25 @@ def _attribute_batch(feats, pad_id):
             "valid": torch.tensor([f["valid"] for f in feats], dtype=torch.bool)}
 
 
-def read_steps(rows) -> list[tuple]:
-    """TRL stepwise-supervision rows {"prompt": str, "completions": [str], "labels": [bool]} ->
-    (prompt, steps, labels, source, row); a malformed row -> DataError naming file, row and field."""
-    out = []
-    for source, row, data in rows:
-        prompt, steps, labels = data.get("prompt"), data.get("completions"), data.get("labels")
-        checks = (("prompt", isinstance(prompt, str), "a string"),
-                  ("completions", isinstance(steps, list) and bool(steps)
-                   and all(isinstance(s, str) and s.strip() for s in steps), "a non-empty list of non-empty steps"),
-                  ("labels", isinstance(labels, list) and all(isinstance(b, bool) for b in labels)
-                   and len(labels) == len(steps or []), "a list of true/false, one per step"))
-        for name, ok, expected in checks:
-            if not ok:
-                raise DataError(f"expected {expected}, got {data.get(name)!r:.60}", source=source, row=row, field=name)
-        out.append((prompt, steps, labels, source, row))
-    return out
-
-
 def _step_feats(examples, tokenizer, cfg, names):
     """prompt ids + (step + separator) ids per step; the step's label sits at its last token. Steps that do
     not fit in max_length are cut (counted); a row with no step left is dropped (counted)."""
     limit = cfg.data.max_length
-    report = TruncationReport(examples[0][3] if examples else "", limit, total=len(examples))
+    report = TruncationReport(examples[0].source if examples else "", limit, total=len(examples))
     feats = []
-    for prompt, steps, labels, _, row in examples:
-        ids = tokenizer(prompt)["input_ids"][-(limit - 1):]
+    for x in examples:
+        ids = tokenizer(x.prompt)["input_ids"][-(limit - 1):]
         positions = []
-        for step in steps:
+        for step in x.steps:
             piece = tokenizer(step + cfg.rm.step_separator, add_special_tokens=False)["input_ids"]
             if len(ids) + len(piece) > limit:
                 break
             ids = ids + piece
             positions.append(len(ids) - 1)
-        report.add(prompt_cut=False, completion_cut=len(positions) < len(steps), dropped=not positions)
+        report.add(prompt_cut=False, completion_cut=len(positions) < len(x.steps), dropped=not positions)
         if positions:
             mask = [i in positions for i in range(len(ids))]
-            feats.append({"input_ids": ids, "response_mask": mask, "row": row, "labels": labels[:len(positions)]})
+            feats.append({"input_ids": ids, "response_mask": mask, "row": x.row, "labels": x.labels[:len(positions)]})
     if examples and not feats:
         raise DataError(f"no step fits in max_length={limit}; raise --data.max-length", source=report.source)
     return feats, report
@@ -274,7 +256,7 @@ PIPELINES = {
 
 
 def _examples(rows, kind: str, cfg):
-    return read_steps(rows) if kind == "steps" else normalize(rows, kind, columns=cfg.data.columns or None)
+    return normalize(rows, kind, columns=cfg.data.columns or None)
 
 
 def _attribute_names(cfg, train) -> list[str]:
