@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 def fused_unsupported_reason(model: nn.Module) -> str | None:
@@ -46,6 +47,26 @@ def fused_unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
+def pack_linear(weight: Tensor) -> tuple[Tensor, bool]:
+    """`weight` (out, in) packed for few-row products: oneDNN's blocked layout for float32 CPU weights (x @ W^T
+    reads the weight ~1.4x faster than MKL with any plain layout at 8-32 rows, where decoding is bound by memory
+    traffic), else the transpose (in, out) contiguous. Returns (packed, is_onednn)."""
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and ONEDNN:
+        try:
+            return torch.ops.mkldnn._reorder_linear_weight(weight.detach()), True
+        except RuntimeError:  # a build without oneDNN kernels for this shape/ISA: the plain layout below
+            pass
+    return weight.detach().t().contiguous(), False
+
+
+def linear(x: Tensor, packed: tuple[Tensor, bool], bias: Tensor | None = None) -> Tensor:
+    """x (A, in) @ W^T (+ bias) for a weight packed by `pack_linear`: (A, out)."""
+    weight, onednn = packed
+    if onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+
+
 class FusedDecoder:
     """Packed weights of one model and its decode step."""
 
@@ -61,15 +82,17 @@ class FusedDecoder:
                 qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
                 bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv])
                 self.layers.append((
-                    layer.input_layernorm, torch.cat([m.weight for m in qkv]).t().contiguous(), bias,
-                    attn.o_proj.weight.t().contiguous(), layer.post_attention_layernorm,
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
-                    mlp.down_proj.weight.t().contiguous(),
+                    layer.input_layernorm, pack_linear(torch.cat([m.weight for m in qkv])), bias,
+                    pack_linear(attn.o_proj.weight), layer.post_attention_layernorm,
+                    pack_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                    pack_linear(mlp.down_proj.weight),
                 ))
-            self.head = model.lm_head.weight.t().contiguous()  # (H, V)
+            self.head = pack_linear(model.lm_head.weight)  # (V, H) packed
 
     @staticmethod
     def _rms(norm: nn.Module, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:  # one fused kernel, same arithmetic as the module's float32 path
+            return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         return norm.weight * x32.to(x.dtype)
@@ -81,18 +104,18 @@ class FusedDecoder:
         rows, dim, n_q, n_kv = tokens.shape[0], self.head_dim, self.n_heads, self.n_kv
         x = inner.embed_tokens(tokens)  # (A, H)
         cos, sin = inner.rotary_emb(x, positions)  # (A, 1, D) each
-        half = dim // 2
+        cos, sin, half = cos[:, None], sin[:, None], dim // 2
         for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gu, w_down) in enumerate(self.layers):
-            h = self._rms(norm1, x)
-            qkv = torch.mm(h, w_qkv) if b_qkv is None else torch.addmm(b_qkv, h, w_qkv)  # (A, (Hq + 2 Hkv) D)
-            q, k, v = qkv.view(rows, n_q + 2 * n_kv, 1, dim).split([n_q, n_kv, n_kv], dim=1)  # (A, heads, 1, D)
-            q = q * cos[:, None] + torch.cat([-q[..., half:], q[..., :half]], dim=-1) * sin[:, None]
-            k = k * cos[:, None] + torch.cat([-k[..., half:], k[..., :half]], dim=-1) * sin[:, None]
+            qkv = linear(self._rms(norm1, x), w_qkv, b_qkv).view(rows, n_q + 2 * n_kv, 1, dim)  # (A, heads, 1, D)
+            qk, v = qkv.split([n_q + n_kv, n_kv], dim=1)
+            # rotary embedding of q and k in one go: x * cos + rotate_half(x) * sin
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+            q, k = qk.split([n_q, n_kv], dim=1)
             keys, values = cache.layers[i].update(k, v)  # (A, Hkv, L, D)
             # query heads of one kv head attend to the same keys: fold them into the query length (no repeat)
             q = q.reshape(rows, n_kv, n_q // n_kv, dim)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # (A, Hkv, G, D)
-            x = x + torch.mm(out.reshape(rows, n_q * dim), w_o)
-            gate, up = torch.mm(self._rms(norm2, x), w_gu).chunk(2, dim=-1)
-            x = x + torch.mm(F.silu(gate) * up, w_down)
-        return torch.mm(self._rms(inner.norm, x), self.head)  # (A, V)
+            x = x + linear(out.reshape(rows, n_q * dim), w_o)
+            gate, up = linear(self._rms(norm2, x), w_gu).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, w_down)
+        return linear(self._rms(inner.norm, x), self.head)  # (A, V)
