@@ -141,11 +141,11 @@ def shared_prompt_forward(model, batch, *, hidden: bool) -> tuple[torch.Tensor, 
     return out.reshape(n_batch * n_tok, -1).index_select(0, read).float(), states if hidden else None  # (2B, K)
 
 
-def _completion_feats(items: list[tuple], tokenizer, cfg):
+def _completion_feats(items: list[tuple], tokenizer, lengths: dict):
     """(prompt, completion, source, row) -> SFT features with `index` (position in `items`) and `row`."""
     examples = [PromptCompletion(p, c, src, i) for i, (p, c, src, _) in enumerate(items)]
     try:
-        feats, report = tokenize_sft(examples, tokenizer, **_lengths(cfg))
+        feats, report = tokenize_sft(examples, tokenizer, **lengths)
     except DataError as e:  # name the dataset row, not our index
         if e.row is None:
             raise
@@ -161,11 +161,12 @@ def _dense_ranks(scores: list[float]) -> list[int]:
     return [distinct.index(s) for s in scores]
 
 
-def _ranked_feats(lists, tokenizer, cfg, names):
-    """One feature per prompt: its K completions (each scored once), their ranks and gold quality."""
+def ranked_features(lists, tokenizer, lengths: dict):
+    """One feature per prompt of `RankedList`s: its K completions (each scored once), their ranks and gold quality
+    (the list's scores, or 1 for the best-ranked); `lengths`: max_length / max_prompt_length of `tokenize_sft`."""
     items = [(x.prompt, c, x.source, x.row) for x in lists for c in x.completions]
     owner = [(i, k) for i, x in enumerate(lists) for k in range(len(x.completions))]
-    feats, report = _completion_feats(items, tokenizer, cfg)
+    feats, report = _completion_feats(items, tokenizer, lengths)
     grouped: dict[int, list] = {}
     for f in feats:
         grouped.setdefault(owner[f["index"]][0], []).append(f)
@@ -177,6 +178,10 @@ def _ranked_feats(lists, tokenizer, cfg, names):
         gold = x.scores if x.scores is not None else [float(r == 0) for r in ranks]
         out.append({"items": grouped[i], "ranks": list(ranks), "gold": list(gold), "row": x.row})
     return out, report
+
+
+def _ranked_feats(lists, tokenizer, cfg, names):
+    return ranked_features(lists, tokenizer, _lengths(cfg))
 
 
 def _ranked_batch(feats, pad_id):
@@ -191,7 +196,8 @@ def _ranked_batch(feats, pad_id):
 
 
 def _unpaired_feats(examples, tokenizer, cfg, names):
-    feats, report = _completion_feats([(e.prompt, e.completion, e.source, e.row) for e in examples], tokenizer, cfg)
+    items = [(e.prompt, e.completion, e.source, e.row) for e in examples]
+    feats, report = _completion_feats(items, tokenizer, _lengths(cfg))
     for f in feats:
         f["label"] = examples[f["index"]].label
     return feats, report
@@ -202,7 +208,8 @@ def _label_batch(feats, pad_id):
 
 
 def _attribute_feats(examples, tokenizer, cfg, names):
-    feats, report = _completion_feats([(e.prompt, e.completion, e.source, e.row) for e in examples], tokenizer, cfg)
+    items = [(e.prompt, e.completion, e.source, e.row) for e in examples]
+    feats, report = _completion_feats(items, tokenizer, _lengths(cfg))
     for f in feats:
         rated = examples[f["index"]].scores
         f["targets"] = [float(rated.get(a, 0.0)) for a in names]
@@ -288,7 +295,7 @@ def _reference(cfg, tokenizer, train_feats, eval_feats):
         return pair_rows(tokenize_preference(normalize(rows, "preference"), tokenizer, **_lengths(cfg))[0])
     except DataError:  # not paired data: use its completions
         items = [(e.prompt, e.completion, e.source, e.row) for e in normalize(rows, "sft")]
-        return _completion_feats(items, tokenizer, cfg)[0]
+        return _completion_feats(items, tokenizer, _lengths(cfg))[0]
 
 
 def prepare(cfg: RewardConfig, pipeline: Pipeline, tokenizer) -> Prepared:

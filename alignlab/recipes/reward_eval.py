@@ -4,6 +4,10 @@ Run:
     alignlab eval rm --model runs/rm --dataset pairs.jsonl
     alignlab eval rm --model runs/rm --dataset pairs.jsonl --category-column subset --output-dir runs/rm-eval
 
+Ranked lists (prompt, completions, ranks or scores) are read as their best-vs-worst pairs for the pairwise
+metrics, and also give accuracy over every ordered pair and acc@k: the gold value of the RM's pick among k of
+the N completions, by the exact (unbiased) estimator of Askell et al. 2021 (`alignlab.eval.reward.acc_at_k`).
+
 Reads and tokenizes every pair first (a bad row stops the command before the model is loaded), scores the
 chosen and rejected sides of each pair, and writes `<output_dir>/metrics.json` and
 `<output_dir>/reliability.png`, then prints a table. The model may be any sequence-classification reward
@@ -27,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from alignlab.data import collate, make_batches, normalize, read_rows, tokenize_preference
+from alignlab.data import collate, detect_schema, make_batches, normalize, read_rows, tokenize_preference
 from alignlab.errors import ConfigError, DataError
 from alignlab.eval.reward import (
     accuracy_by_category,
@@ -165,6 +169,11 @@ def table(metrics: dict) -> str:
         lines.append(f"{'  ' + name[:20]:<24} {row['accuracy']:>10.3f}  (n={row['count']})")
     if "category_score" in metrics:
         lines.append(f"{'category mean':<24} {metrics['category_score']:>10.3f}")
+    if "ranked" in metrics:
+        curve = metrics["ranked"]["best_of_n"]
+        lines.append(f"{'ranked pairs accuracy':<24} {metrics['ranked']['pairwise_accuracy']:>10.3f}")
+        lines += [f"{f'acc@{k} (oracle)':<24} {rm:>10.3f}  ({best:.3f})"
+                  for k, rm, best in zip(curve["k"], curve["rm"], curve["oracle"])]
     return "\n".join(lines)
 
 
@@ -202,6 +211,19 @@ def categories_of(pairs: list, features: list[dict], column: str) -> list:
     return [by_row[f["row"]] for f in features]
 
 
+def ranked_lists(rows, cfg: RewardEvalConfig, tokenizer) -> list[dict] | None:
+    """Ranked-list features when the rows are ranked lists (prompt, completions, ranks/scores), else None."""
+    ours = {theirs: name for name, theirs in cfg.columns.items()}
+    if detect_schema({ours.get(k, k): v for k, v in rows[0].data.items()}) != "ranked":
+        return None
+    from alignlab.recipes.reward_data import ranked_features  # (reward_data imports this module)
+
+    lengths = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
+    feats, report = ranked_features(normalize(rows, "ranked", columns=cfg.columns or None), tokenizer, lengths)
+    log.info("ranked lists: %s", report.summary())
+    return feats
+
+
 def main(cfg: RewardEvalConfig) -> dict:
     """Score the pairs; write metrics.json + reliability.png; print and return the metrics."""
     if not cfg.dataset:
@@ -215,13 +237,16 @@ def main(cfg: RewardEvalConfig) -> dict:
                                            max_prompt_length=cfg.max_prompt_length)
     log.info("eval data: %s", report.summary())
     categories = categories_of(pairs, features, cfg.category_column) if cfg.category_column else None
-    # 2. score both sides of every pair
+    lists = ranked_lists(rows, cfg, tokenizer)
+    # 2. score both sides of every pair (ranked lists: their best and worst completion)
     model, score_fn = load_scorer(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     chosen, rejected = score_pairs(score_fn, features, tokenizer.pad_token_id, batch_size=cfg.batch_size)
-    # 3. metrics, plot, table
+    # 3. metrics, plot, table; ranked lists add every ordered pair and acc@k (best of k of N)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = pair_metrics(chosen, rejected, mode=cfg.ensemble_mode, lam=cfg.lam, categories=categories,
                            out_dir=out_dir, n_bins=cfg.n_bins)
+    if lists:
+        metrics["ranked"] = ranked_report(score_fn, lists, tokenizer.pad_token_id, batch_size=cfg.batch_size)
     metrics.update(model=str(cfg.model), dataset=str(cfg.dataset), truncation=report.summary())
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(table(metrics))
