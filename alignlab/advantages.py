@@ -8,6 +8,8 @@ targets and carry no gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -48,14 +50,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     Paper: Schulman, Moritz, Levine, Jordan, Abbeel 2016 (GAE, arXiv:1506.02438) Eq. 16.
     Deviation: the episode is the counted tokens of a row. The value after its last counted token is 0 (the
     episode ends there) and uncounted positions inside a row are skipped, not treated as steps.
-    Args:
-      rewards: (B, T) per-token rewards (e.g. from `token_rewards`).
-      values: (B, T) critic values V(s_t); values at uncounted positions are ignored.
-      response_mask: (B, T) bool, True = the token counts.
-      gamma: discount in [0, 1].
-      gae_lambda: bias/variance trade-off in [0, 1].
-    Returns:
-      advantages (B, T) and returns (B, T), both 0 where the mask is False, detached, at least float32.
+    Args: rewards (B, T) per-token rewards (e.g. from `token_rewards`); values (B, T) critic values V(s_t),
+      ignored at uncounted positions; response_mask (B, T) bool, True = the token counts; gamma discount in
+      [0, 1]; gae_lambda bias/variance trade-off in [0, 1].
+    Returns: advantages (B, T) and returns (B, T), both 0 where the mask is False, detached, at least float32.
     """
     _check_shapes(response_mask, rewards=rewards, values=values)
     advantages = _scan(rewards, values, response_mask, gamma, gae_lambda)
@@ -73,24 +71,26 @@ def _masked_mean_var(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def whiten(values: torch.Tensor, response_mask: torch.Tensor | None = None, *, shift_mean: bool = True,
-           eps: float = 1e-8) -> torch.Tensor:
+           eps: float = 1e-8, moments: torch.Tensor | None = None) -> torch.Tensor:
     """Normalize to zero mean and unit variance over the counted entries: (x - mean) / sqrt(var + eps).
 
     With `shift_mean=False` the mean is added back, so only the scale changes.
     Paper: standard practice (e.g. Ziegler 2019, arXiv:1909.08593; Hu 2025 REINFORCE++, arXiv:2501.03262 §3).
     Deviation: none; the variance is the unbiased (n - 1) one.
-    Args:
-      values: any shape, e.g. (B, T) per token or (B,) per sequence.
-      response_mask: bool like `values`, True = counts; None = everything counts.
-      shift_mean: subtract the mean (True) or keep it (False).
-      eps: added to the variance.
-    Returns:
-      Tensor like `values`; 0 where the mask is False.
+    Args: values any shape, e.g. (B, T) per token or (B,) per sequence; response_mask bool like `values`, True =
+      counts, None = everything counts; shift_mean subtract the mean (True) or keep it (False); eps added to the
+      variance; moments (3,) `masked_moments` to take mean and variance from (e.g. summed over processes).
+    Returns: Tensor like `values`; 0 where the mask is False.
     """
     mask = torch.ones_like(values, dtype=torch.bool) if response_mask is None else response_mask.bool()
     if mask.shape != values.shape:
         raise ValueError(f"values has shape {tuple(values.shape)}, response_mask {tuple(mask.shape)}")
-    mean, var = _masked_mean_var(values, mask)
+    if moments is None:
+        mean, var = _masked_mean_var(values, mask)
+    else:  # n, sum x, sum x^2 -> mean, unbiased variance (0 below two entries)
+        n, total, squares = moments.unbind()
+        var = (squares - total**2 / n.clamp(min=1)).clamp(min=0) / (n - 1).clamp(min=1)
+        mean, var = (total / n.clamp(min=1)).to(values.dtype), var.to(values.dtype)
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -112,13 +112,9 @@ def group_advantages(scores: torch.Tensor, group_size: int, *, scale_by_std: boo
     Paper: Shao et al. 2024 (DeepSeekMath / GRPO, arXiv:2402.03300) §4.1.2, A_i = (r_i - mean(r)) / std(r);
     Liu et al. 2025 (Dr.GRPO, arXiv:2503.20783) §3.1 drops the std (`scale_by_std=False`).
     Deviation: std is the unbiased (G - 1) one, as in TRL and verl; a group of one gets advantage 0.
-    Args:
-      scores: (B,) one score per completion, prompt-major groups of `group_size`.
-      group_size: G, completions per prompt.
-      scale_by_std: divide by the group std (GRPO) or not (Dr.GRPO).
-      eps: added to the std so all-equal groups give 0, not NaN.
-    Returns:
-      (B,) advantages, detached.
+    Args: scores (B,) one per completion, prompt-major groups of G = `group_size`; scale_by_std divide by the
+      group std (GRPO) or not (Dr.GRPO); eps added to the std so all-equal groups give 0, not NaN.
+    Returns: (B,) advantages, detached.
     """
     s = _groups(scores.detach(), group_size)
     centered = s - s.mean(dim=1, keepdim=True)  # (P, G)
@@ -159,22 +155,32 @@ def remax_advantages(scores: torch.Tensor, baseline_scores: torch.Tensor) -> tor
     return (scores - baseline_scores).detach()
 
 
+def masked_moments(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(3,) float64 (count, sum, sum of squares) of the counted entries: the moments of shards add up to those
+    of their concatenation (e.g. `all_reduce(SUM)` over processes), for `whiten(..., moments=)`."""
+    w = response_mask.bool().to(torch.float64)
+    x = values.detach().to(torch.float64) * w
+    return torch.stack([w.sum(), x.sum(), (x * x).sum()])
+
+
 @torch.no_grad()
-def reinforce_pp_advantages(rewards: torch.Tensor, response_mask: torch.Tensor, *,
-                            gamma: float = 1.0) -> torch.Tensor:
+def reinforce_pp_advantages(rewards: torch.Tensor, response_mask: torch.Tensor, *, gamma: float = 1.0,
+                            reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """REINFORCE++: per-token discounted return of the shaped rewards, whitened over the whole batch.
 
     G_t = sum_{s >= t} gamma^(s-t) r_s, with r_s the score at the last token minus the per-token KL penalty;
-    A_t = (G_t - mean) / std over every counted token of the batch (no critic, no per-prompt group).
+    A_t = (G_t - mean) / std over every counted token of the global batch (no critic, no per-prompt group).
     Paper: Hu 2025 (REINFORCE++, arXiv:2501.03262) §3: the token-level reward and global advantage normalization.
-    Deviation: none.
+    Deviation: none; with several processes the global batch is the union of their shards (see `reduce`).
     Args: rewards (B, T) per-token rewards (`token_rewards` with the KL in it); response_mask (B, T) bool;
-      gamma the discount.
+      gamma the discount; reduce None (this batch is the whole batch) or a sum over processes of a tensor (the
+      recipe's all-reduce), applied to the `masked_moments` of the returns so mean/std are global.
     Returns: (B, T) advantages, 0 where the mask is False, detached.
     """
     _check_shapes(response_mask, rewards=rewards)
     returns = _scan(rewards, torch.zeros_like(rewards), response_mask, gamma, 1.0)
-    return whiten(returns, response_mask)
+    moments = None if reduce is None else reduce(masked_moments(returns, response_mask))  # (3,) global
+    return whiten(returns, response_mask, moments=moments)
 
 
 def token_rewards(scores: torch.Tensor, response_mask: torch.Tensor, *, kl: torch.Tensor | None = None,

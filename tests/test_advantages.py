@@ -10,6 +10,7 @@ from alignlab.advantages import (
     explained_variance,
     gae,
     group_advantages,
+    masked_moments,
     overlong_penalty,
     reinforce_pp_advantages,
     remax_advantages,
@@ -198,6 +199,54 @@ def test_reinforce_pp_discount():
     adv = reinforce_pp_advantages(T([[1.0, 0.0, 4.0]], dtype=D), T([[True, True, True]]), gamma=0.5)
     s = math.sqrt(4 / 3)
     torch.testing.assert_close(adv, T([[(2 - 8 / 3) / s, (2 - 8 / 3) / s, (4 - 8 / 3) / s]], dtype=D))
+
+
+def test_moments_of_two_shards_add_up_to_the_concatenation():
+    """Shard a: counted (1, 2), shard b: counted (3, 4, 6). Moments (2, 3, 5) + (3, 13, 61) = (5, 16, 66): those of
+    (1, 2, 3, 4, 6), whose mean is 3.2 and unbiased var (66 - 16^2 / 5) / 4 = 3.7."""
+    a, mask_a = T([[1.0, 2.0, 9.0]], dtype=D), T([[True, True, False]])
+    b, mask_b = T([[3.0, 4.0], [6.0, -5.0]], dtype=D), T([[True, True], [True, False]])
+    both = masked_moments(a, mask_a) + masked_moments(b, mask_b)
+    assert both.tolist() == [5.0, 16.0, 66.0] and both.dtype == D
+    whole = T([1.0, 2.0, 3.0, 4.0, 6.0], dtype=D)
+    assert whole.mean().item() == 3.2 and whole.var().item() == pytest.approx(3.7)
+    expected = (whole - 3.2) / math.sqrt(3.7 + 1e-8)
+    got = torch.cat([whiten(a, mask_a, moments=both)[mask_a], whiten(b, mask_b, moments=both)[mask_b]])
+    torch.testing.assert_close(got, expected)
+    assert whiten(a, mask_a, moments=both)[0, 2] == 0  # uncounted stays 0
+    # the moments path agrees with the direct one on a single shard
+    torch.testing.assert_close(whiten(b, mask_b, moments=masked_moments(b, mask_b)), whiten(b, mask_b))
+
+
+def discounted_returns(rewards, mask, gamma):
+    """G_t = sum over the counted tokens s >= t of gamma^(steps) r_s, by a plain loop."""
+    out = torch.zeros_like(rewards)
+    for i in range(rewards.shape[0]):
+        running = 0.0
+        for t in reversed(range(rewards.shape[1])):
+            if mask[i, t]:
+                running = rewards[i, t].item() + gamma * running
+                out[i, t] = running
+    return out
+
+
+def test_reinforce_pp_whitens_over_all_shards_with_reduce():
+    """Two "processes" hold halves of a batch; `reduce` adds the other half's moments to this half's (what the
+    recipe's all-reduce SUM does). Each half's advantages then equal that half of the whole-batch advantages;
+    without `reduce` they do not (each half would be whitened on its own statistics)."""
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(6, 5, generator=gen, dtype=D)
+    mask = torch.rand(6, 5, generator=gen) > 0.3
+    whole = reinforce_pp_advantages(rewards, mask, gamma=0.9)
+    halves = [(rewards[:3], mask[:3]), (rewards[3:], mask[3:])]
+    shards = []
+    for rank, (r, m) in enumerate(halves):
+        other_r, other_m = halves[1 - rank]
+        other = masked_moments(discounted_returns(other_r, other_m, 0.9), other_m)
+        shards.append(reinforce_pp_advantages(r, m, gamma=0.9, reduce=lambda x, other=other: x + other))
+    torch.testing.assert_close(torch.cat(shards), whole)
+    local = torch.cat([reinforce_pp_advantages(r, m, gamma=0.9) for r, m in halves])
+    assert not torch.allclose(local, whole)
 
 
 def test_expand():

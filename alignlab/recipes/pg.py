@@ -21,7 +21,8 @@ Every estimator's defaults are written out in `PRESETS`; a `pg.*` field set expl
   and, being independent of the sampled completion, keeps the gradient unbiased);
 - DAPO's dynamic sampling is bounded: after `max_resample` extra rounds the step trains on the groups it has
   (with none left it trains on the last round as sampled, whose group advantages are all 0);
-- with several processes each samples its own P prompts: REINFORCE++ whitens over the process's own batch.
+- with several processes each samples its own P prompts; REINFORCE++ whitens with the mean/std of all processes'
+  tokens (one all-reduce of three numbers), as if one process held the whole batch.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from alignlab.runtime import (
     make_optimizer,
     make_scheduler,
     micro_batches,
+    process_sum,
     resume_point,
     save_step,
     seed_everything,
@@ -254,8 +256,8 @@ def sample_step(cfg: PGConfig, s: PGOptions, engine, reward, prompts, order: Pro
     return exp.select(range(min(len(exp), ro.prompts_per_step * g))), dropped
 
 
-def compute_advantages(exp: Experience, s: PGOptions, max_new_tokens: int) -> tuple[torch.Tensor, dict]:
-    """# 3. advantages (B, T) of the step's completions, 0 off the response mask, and diagnostics."""
+def compute_advantages(exp: Experience, s: PGOptions, max_new_tokens: int, reduce=None) -> tuple[torch.Tensor, dict]:
+    """# 3. advantages (B, T), 0 off the response mask, and diagnostics; `reduce` sums over processes (REINFORCE++)."""
     mask, scores = exp.response_mask, exp.scores
     buffer = round(s.overlong_buffer * max_new_tokens)  # a fraction of the budget, in tokens
     if buffer > 0:  # DAPO Eq. 13: added to the (verifiable) score
@@ -266,7 +268,7 @@ def compute_advantages(exp: Experience, s: PGOptions, max_new_tokens: int) -> tu
         kl = torch.where(mask, kl_estimate(exp.old_logprobs, exp.ref_logprobs, kind=s.kl_estimator), 0.0)
     if s.advantage == "reinforce_pp":
         rewards = adv.token_rewards(scores, mask, kl=kl, kl_coef=s.kl_coef)  # (B, T)
-        advantages = adv.reinforce_pp_advantages(rewards, mask)
+        advantages = adv.reinforce_pp_advantages(rewards, mask, reduce=reduce)
     else:
         shaped = scores if kl is None else scores - s.kl_coef * kl.sum(-1)  # (B,)
         seq = ESTIMATORS[s.advantage](shaped, exp.group_size, exp.tensors.get("baseline"))
@@ -391,7 +393,7 @@ def main(cfg: PGConfig) -> dict:
     gold = all("alignlab.lab.rewards:" in spec for spec in cfg.reward.sources)  # the score is the lab's gold
     guard, meter = FiniteGuard(), Meter(acc.device, state.get("meter"))
     progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and run.enabled)
-    metrics, stopping = {}, False
+    metrics, stopping, sum_all = {}, False, process_sum(acc)
     model.train()
     with StopSignal() as stop:
         while state["step"] < cfg.optim.max_steps:
@@ -403,7 +405,7 @@ def main(cfg: PGConfig) -> dict:
                                        reference=x.reference, autocast=acc.autocast,
                                        shard=(acc.process_index, acc.num_processes), pad_id=x.tokenizer.pad_token_id)
             # 3. advantages
-            exp.tensors["advantages"], adv_stats = compute_advantages(exp, s, cfg.rollout.max_new_tokens)
+            exp.tensors["advantages"], adv_stats = compute_advantages(exp, s, cfg.rollout.max_new_tokens, sum_all)
             # 4. epochs x minibatches of clipped-surrogate updates
             stats = update(cfg, s, model, x.optimizer, acc, exp, step)
             lr = x.scheduler.get_last_lr()[0]  # the rate this step used

@@ -7,7 +7,7 @@ Public API (see each module's docstring):
     StopSignal                                                     signals.py
     check_finite, FiniteGuard                                      finite.py
     make_accelerator, unwrap, to_device, micro_batches, batch_rows,
-    batch_tokens, due, Meter                                       loop.py
+    batch_tokens, due, Meter, process_sum                                      loop.py
     Progress                                                       progress.py
     make_optimizer, make_scheduler, clip_grad, lr_factor           optim.py
 """
@@ -21,6 +21,7 @@ from alignlab.runtime.loop import (
     due,
     make_accelerator,
     micro_batches,
+    process_sum,
     to_device,
     unwrap,
 )
@@ -34,5 +35,5 @@ __all__ = [
     "FiniteGuard", "Meter", "Progress", "RunDir", "StopSignal", "check_finite", "clip_grad", "get_rng_state",
     "latest_checkpoint", "load_checkpoint", "lr_factor", "make_accelerator", "make_optimizer", "make_scheduler",
     "save_checkpoint", "save_step", "seed_everything", "set_rng_state", "unwrap", "batch_rows", "batch_tokens", "due",
-    "micro_batches", "resume_point", "to_device",
+    "micro_batches", "process_sum", "resume_point", "to_device",
 ]

@@ -34,6 +34,14 @@ def unwrap(accelerator, model):
     return accelerator.unwrap_model(model)
 
 
+def process_sum(accelerator):
+    """A function summing a tensor over all processes (accelerate's all-reduce; the result on the tensor's own
+    device), or None in a single process: e.g. the `reduce` of `advantages.reinforce_pp_advantages`."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").to(t.device)
+
+
 def to_device(batch: dict, device) -> dict:
     """The batch's tensors on `device` (bookkeeping lists such as `seq_lens` are dropped)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
