@@ -135,3 +135,17 @@ def test_cli_grm_run_saves_a_plain_reward_model(tiny_model_dir, pairs, tmp_path)
     with torch.no_grad():
         raw = plain.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         assert torch.equal(raw, reward_scores(load_reward_model(out).eval(), batch))
+
+
+def test_grm_with_lora_and_shared_prompt_rows(lm_dir, pairs, tmp_path):
+    """LoRA on the backbone (peft wraps the score head) with the regularizer on shared-prompt rows: it trains, the
+    adapters are merged at save and plain transformers loads exactly the weights it needs."""
+    from alignlab.recipes.reward import main
+
+    cfg = config(lm_dir, pairs, tmp_path / "lora", steps=2, lm_coef=0.5, lm_loss="dpo")
+    cfg.model.lora_r, cfg.model.lora_alpha = 4, 8
+    result = main(cfg)
+    assert 0 <= result["pairs"]["accuracy"] <= 1
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in result["last_train_metrics"].items() if k == "loss")
+    _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lora", output_loading_info=True)
+    assert not any(info.values()), info
