@@ -59,12 +59,15 @@ def test_lm_head_over_rm_hidden_states_is_the_causal_lm(lm_dir, pairs):
     lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
     separate, shared = _batches(lm_dir, pairs)
     with torch.no_grad():
-        ref = compute_logprobs(lm, separate).seq_logprobs  # (2B,) chosen then rejected
+        lp = compute_logprobs(lm, separate)
+        ref = lp.seq_logprobs  # (2B,) chosen then rejected
         n = ref.shape[0] // 2
         for batch in (separate, shared):
             _, hidden = scores_and_hidden(rm, batch)
             sft = lm_regularizer(rm, head, hidden, batch, kind="sft", beta=0.1)
             torch.testing.assert_close(sft, torch.nn.functional.softplus(-0.1 * ref[:n]), atol=1e-5, rtol=1e-5)
+            nll = lm_regularizer(rm, head, hidden, batch, kind="nll", beta=0.1)
+            torch.testing.assert_close(nll, -lp.mean_logprobs[:n], atol=1e-5, rtol=1e-5)
             dpo = lm_regularizer(rm, head, hidden, batch, kind="dpo", beta=0.5)
             torch.testing.assert_close(dpo, torch.nn.functional.softplus(-0.5 * (ref[:n] - ref[n:])), atol=1e-5,
                                        rtol=1e-5)
