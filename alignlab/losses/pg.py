@@ -1,4 +1,5 @@
-"""Policy-gradient losses for online RL (PPO, GRPO family, REINFORCE++): per-token and unreduced.
+"""Policy-gradient losses for online RL (PPO, GRPO family, REINFORCE++): per-token and unreduced; PPO's
+entropy bonus and pretraining mix (PPO-ptx) as loss terms.
 
 Every function takes (B, T) per-token tensors lined up with `input_ids` and returns (B, T); none applies the
 `response_mask`. The recipe reduces with `aggregate(per_token, response_mask, mode=...)`, which is where GRPO,
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from alignlab.losses.sft import nll_loss
 
 KL_KINDS = ("k1", "k2", "k3")
 
@@ -136,3 +139,29 @@ def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tenso
       (B, T), not masked.
     """
     return kl_estimate(old_logprobs.detach(), logprobs.detach(), kind="k3")
+
+
+def entropy_loss(entropy: torch.Tensor, *, entropy_coef: float) -> torch.Tensor:
+    """Entropy bonus as a loss term to minimize: -c * H_t per token (higher entropy, lower loss).
+
+    Paper: Schulman et al. 2017 (PPO, arXiv:1707.06347) Eq. 9, L = L^CLIP - c1 L^VF + c2 S[pi](s_t) (maximized).
+    Deviation: the entropy is that of the next-token distribution at each response token, softmax(logits / T).
+    Args: entropy (B, T) per-token entropy with gradient (`compute_logprobs(..., with_entropy=True)`);
+      entropy_coef c >= 0.
+    Returns: (B, T) per-token loss, not masked.
+    """
+    return -entropy_coef * entropy
+
+
+def ptx_loss(logprobs: torch.Tensor, *, ptx_coef: float) -> torch.Tensor:
+    """InstructGPT's pretraining mix (PPO-ptx) as a per-token loss: gamma * -log pi(x_t) on pretraining data.
+
+    Paper: Ouyang et al. 2022 (InstructGPT, arXiv:2203.02155) Eq. 2, objective += gamma * E_{x~D_pretrain}
+    [log pi_RL(x)]; negated here (a loss), the NLL of `losses.sft.nll_loss` scaled by gamma.
+    Deviation: the tokens that count are those the dataset's `response_mask` marks (an SFT-style dataset:
+    completions, or every token of plain text), one batch per optimizer update.
+    Args: logprobs (B, T) log-probs of the pretraining tokens under the policy (gradients flow here);
+      ptx_coef gamma >= 0.
+    Returns: (B, T) per-token loss, not masked; reduce with `aggregate(..., mode="token_mean")`.
+    """
+    return ptx_coef * nll_loss(logprobs)

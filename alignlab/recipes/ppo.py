@@ -13,20 +13,21 @@ Each step (Ouyang et al. 2022, arXiv:2203.02155, §3.5; Ziegler et al. 2019, arX
   4. values: the critic's V(s_t) of every response token
   5. GAE(gamma, lambda) advantages and returns (Schulman et al. 2016, arXiv:1506.02438), advantages whitened
   6. K epochs x M minibatches: clipped surrogate + vf_coef * clipped value loss (Schulman et al. 2017,
-     arXiv:1707.06347, Eq. 7 / PPO2), log-probs of logits / sampling temperature
+     arXiv:1707.06347, Eq. 7 / PPO2) - entropy_coef * entropy (Eq. 9), log-probs of logits / sampling
+     temperature; PPO-ptx: + ptx_coef * NLL of one pretraining batch per update (Ouyang 2022, Eq. 2)
   7. adaptive KL controller update (Ziegler 2019 §2.2)
   8. log, write samples, checkpoint
 docs/ppo.md lists every implementation detail with its source (Huang et al. 2024, arXiv:2403.17031).
 Departures: the learning-rate schedule steps once per rollout batch (not per minibatch update); the critic
 is trained by its own AdamW (`ppo.critic_lr`) on the same summed loss, so `vf_coef` only matters for a
-value head that shares the policy's backbone; there is no pretraining-gradient mix (InstructGPT's PPO-ptx).
+value head that shares the policy's backbone; PPO-ptx's pretraining data is an SFT-style dataset whose
+completion tokens count (InstructGPT mixes in raw pretraining text), its loss a token mean per batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,17 +38,11 @@ from alignlab.advantages import AdaptiveKLController, FixedKLController, explain
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, RolloutConfig
 from alignlab.errors import ConfigError
 from alignlab.losses import aggregate
-from alignlab.losses.pg import approx_kl, clipped_policy_loss, clipped_value_loss, kl_estimate
-from alignlab.models import load_tokenizer, model_from_config, save_model
+from alignlab.losses.pg import approx_kl, clipped_policy_loss, clipped_value_loss, entropy_loss, kl_estimate, ptx_loss
+from alignlab.models import compute_logprobs, load_tokenizer, model_from_config, save_model
 from alignlab.models.reference import LiveReference, frozen_copy
-from alignlab.models.value import (
-    ValueHead,
-    disable_dropout,
-    load_value_model,
-    logprobs_and_values,
-    rollout_values,
-    save_value_model,
-)
+from alignlab.models.value import disable_dropout, logprobs_and_values, rollout_values, save_value_model
+from alignlab.recipes.ppo_parts import PtxBatches, RunningMoments, build_critic
 from alignlab.rewards import RewardSourceConfig, build_reward
 from alignlab.rollout import make_engine
 from alignlab.rollout.experience import (
@@ -129,6 +124,14 @@ class PPOOptions:
     """First steps train only the critic (the policy is not updated)."""
     aggregate: AGGREGATES = "token_mean"
     """How per-token losses are reduced (`alignlab.losses.aggregate`)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus c: the policy loss gets -c * entropy (PPO Eq. 9). 0 = off."""
+    ptx_coef: float = 0.0
+    """PPO-ptx gamma (InstructGPT Eq. 2): + gamma * NLL of a `ptx_dataset` batch per update. 0 = off."""
+    ptx_dataset: str | None = None
+    """SFT-style dataset (prompt/completion or chat rows; the completion tokens count) of the pretraining mix."""
+    ptx_batch_size: int = 8
+    """Rows of `ptx_dataset` per policy update."""
 
     def __post_init__(self):
         checks = ((self.critic_lr > 0, "ppo.critic_lr must be > 0"), (self.kl_coef >= 0, "ppo.kl_coef must be >= 0"),
@@ -140,6 +143,10 @@ class PPOOptions:
                   (self.vf_coef > 0, "ppo.vf_coef must be > 0"),
                   (self.epochs >= 1 and self.minibatches >= 1, "ppo.epochs and ppo.minibatches must be >= 1"),
                   (self.critic_warmup_steps >= 0, "ppo.critic_warmup_steps must be >= 0"),
+                  (self.entropy_coef >= 0 and self.ptx_coef >= 0 and self.ptx_batch_size >= 1,
+                   "ppo.entropy_coef and ppo.ptx_coef must be >= 0, ppo.ptx_batch_size >= 1"),
+                  ((self.ptx_coef > 0) == (self.ptx_dataset is not None),
+                   "PPO-ptx needs both ppo.ptx_coef > 0 and ppo.ptx_dataset (set both, or neither)"),
                   (self.critic == "separate" or self.critic_path is None,
                    "ppo.critic_path applies to the separate critic only (ppo.critic head shares the policy)"))
         for ok, message in checks:
@@ -173,44 +180,6 @@ class PPOConfig:
                               f"exceeds the {rows} completions per step (rollout.prompts_per_step x group_size)")
 
 
-class RunningMoments:
-    """Running mean/std of all scores seen so far (Chan et al. parallel update), for `score_norm: running`."""
-
-    def __init__(self, state: dict | None = None):
-        self.count, self.mean, self.m2 = (state["count"], state["mean"], state["m2"]) if state else (0, 0.0, 0.0)
-
-    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
-        """Fold `scores` (B,) into the moments, then whiten them with the updated moments."""
-        n, mean, var = scores.numel(), float(scores.mean()), float(scores.var(unbiased=False))
-        total, delta = self.count + n, mean - self.mean
-        self.m2 += var * n + delta**2 * self.count * n / total
-        self.mean += delta * n / total
-        self.count = total
-        std = math.sqrt(self.m2 / max(self.count - 1, 1))
-        return (scores - self.mean) / max(std, 1e-8)
-
-    def state_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-
-# ---------------------------------------------------------------- setup
-
-
-def build_critic(cfg: PPOConfig, policy, tokenizer):
-    """(critic model or None, value head or None) as `ppo.critic` says."""
-    if cfg.ppo.critic == "head":
-        return None, ValueHead.for_policy(policy)
-    path = cfg.ppo.critic_path or cfg.model.path
-    critic_tok = Path(path) / "tokenizer_config.json"
-    if critic_tok.is_file() and load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"the critic '{path}' has another tokenizer than the policy '{cfg.model.path}': "
-                          "the critic reads the policy's tokens, so both must share one vocabulary")
-    critic = load_value_model(path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                              tokenizer=tokenizer, seed=cfg.seed,
-                              gradient_checkpointing=cfg.model.gradient_checkpointing)
-    return critic, None
-
-
 # ---------------------------------------------------------------- the step
 
 
@@ -222,6 +191,8 @@ def ppo_losses(policy, critic, head, micro: dict, cfg: PPOConfig, num_tokens, tr
                                      grad=train_policy)
     pg_token, clipped = clipped_policy_loss(lp.logprobs, micro["old_logprobs"], micro["advantages"],
                                             clip_eps=cfg.ppo.clip_eps)
+    if cfg.ppo.entropy_coef > 0:  # off: the loss is exactly the clipped surrogate
+        pg_token = pg_token + entropy_loss(lp.entropy, entropy_coef=cfg.ppo.entropy_coef)
     vf_token = clipped_value_loss(values, micro["values"], micro["returns"], clip_eps=cfg.ppo.value_clip_eps)
     pg_loss, vf_loss = aggregate(pg_token, mask, **kw), aggregate(vf_token, mask, **kw)
     loss = cfg.ppo.vf_coef * vf_loss + (pg_loss if train_policy else 0.0)
@@ -248,8 +219,21 @@ def shape_rewards(exp, cfg: PPOConfig, running: RunningMoments | None, kl_coef: 
     return {"scores": scores, "kl": kl, "rewards": rewards}
 
 
-def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, accelerator, train_policy: bool) -> dict:
-    """Step 6: K epochs x M minibatches of clipped PPO updates; mean diagnostics over the updates."""
+def ptx_backward(policy, ptx: PtxBatches, cfg: PPOConfig, accelerator) -> torch.Tensor:
+    """PPO-ptx: backpropagate ptx_coef * token-mean NLL of the next pretraining batch (at temperature 1: the
+    likelihood of the data under the policy itself); returns the NLL, detached."""
+    batch = to_device(ptx.next(), accelerator.device)
+    with accelerator.autocast():
+        lp = compute_logprobs(policy, batch)
+        loss = aggregate(ptx_loss(lp.logprobs, ptx_coef=cfg.ppo.ptx_coef), batch["response_mask"], mode="token_mean")
+    accelerator.backward(loss)
+    return loss.detach().float() / cfg.ppo.ptx_coef
+
+
+def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, accelerator, train_policy: bool,
+           ptx: PtxBatches | None = None) -> dict:
+    """Step 6: K epochs x M minibatches of clipped PPO updates (+ a PPO-ptx batch each, when on); mean
+    diagnostics over the updates."""
     device, sums, n = accelerator.device, {}, 0
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     critic_params = list((critic if critic is not None else head).parameters())
@@ -264,6 +248,8 @@ def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, acc
                                                         cfg.optim.grad_accum))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v.float() / cfg.optim.grad_accum
+            if ptx is not None and train_policy:
+                sums["ptx_nll"] = sums.get("ptx_nll", 0.0) + ptx_backward(policy, ptx, cfg, accelerator)
             norms = {"critic_grad_norm": clip_grad(critic_params, cfg.optim.max_grad_norm),
                      **({"policy_grad_norm": clip_grad(policy, cfg.optim.max_grad_norm)} if train_policy else {})}
             for k, v in norms.items():
@@ -276,7 +262,7 @@ def update(policy, critic, head, optimizers, exp, cfg: PPOConfig, step: int, acc
     return {k: v / n for k, v in sums.items()}
 
 
-def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, accelerator) -> dict:
+def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, accelerator, ptx=None) -> dict:
     """Steps 2-7 on a collected experience; returns the step's metrics (tensors)."""
     policy, critic, head, controller, running = models
     # 4. values (and, with a value head, the old log-probs from the same forward)
@@ -295,7 +281,7 @@ def ppo_step(models, optimizers, schedulers, exp, cfg: PPOConfig, state: dict, a
     exp.tensors["seq_kl"] = shaped["kl"].sum(-1)  # (B,) for the samples file
     # 6. K epochs x M minibatches
     train_policy = state["step"] >= cfg.ppo.critic_warmup_steps
-    stats = update(policy, critic, head, optimizers, exp, cfg, state["step"], accelerator, train_policy)
+    stats = update(policy, critic, head, optimizers, exp, cfg, state["step"], accelerator, train_policy, ptx)
     lr = schedulers[0].get_last_lr()[0]  # the rate this step used; the policy's schedule starts after warm-up
     for scheduler in schedulers[0 if train_policy else 1:]:
         scheduler.step()
@@ -396,11 +382,16 @@ def main(cfg: PPOConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     prompts = load_prompts(cfg.data, tokenizer, max_prompt_length=cfg.rollout.max_prompt_length)
     reward = build_reward(cfg.reward)
+    ptx = None if cfg.ppo.ptx_dataset is None else PtxBatches(
+        cfg.ppo.ptx_dataset, tokenizer, batch_size=cfg.ppo.ptx_batch_size, max_length=cfg.data.max_length,
+        seed=cfg.seed, rank=accelerator.process_index, world=accelerator.num_processes)
     run.save_config(cfg)
     policy, reference, critic, head, optimizers, schedulers, engine = setup_models(cfg, tokenizer, accelerator)
     models = (policy, critic, head)
     state, controller, running, order = resume(ckpt, run, cfg, models, optimizers, schedulers, accelerator,
                                                len(prompts))
+    if ptx is not None and "ptx" in state:
+        ptx.load_state_dict(state["ptx"])
     guard, meter, stopping, metrics = FiniteGuard(), Meter(device, state.get("meter")), False, {}
     progress = Progress(cfg.optim.max_steps, initial=state["step"], enabled=cfg.log.progress and main_process)
 
@@ -417,7 +408,7 @@ def main(cfg: PPOConfig) -> dict:
                           autocast=accelerator.autocast)
             # 2.-7. (see ppo_step)
             step_metrics = ppo_step((policy, critic, head, controller, running), optimizers, schedulers, exp, cfg,
-                                    state, accelerator)
+                                    state, accelerator, ptx)
             lr = step_metrics.pop("lr")
             state["step"] = step = state["step"] + 1
             guard.record(step, step_metrics["pg_loss"] + step_metrics["vf_loss"], [prompts.rows[i] for i in indices])
@@ -436,7 +427,8 @@ def main(cfg: PPOConfig) -> dict:
             if due(step, cfg.log.save_every, done):
                 guard.check()  # never write a checkpoint after a non-finite step
                 state.update(meter=meter.state_dict(), prompts=order.state_dict(), kl=controller.state_dict(),
-                             **({"running": running.state_dict()} if running is not None else {}))
+                             **({"running": running.state_dict()} if running is not None else {}),
+                             **({"ptx": ptx.state_dict()} if ptx is not None else {}))
                 save(run, step, models, optimizers, schedulers, state, tokenizer, cfg, accelerator)
             if stopping:
                 log.info("stop requested: saved step %d, exiting", step)

@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from alignlab.losses import aggregate
-from alignlab.losses.pg import approx_kl, clipped_policy_loss, clipped_value_loss, kl_estimate, truncated_is_weights
+from alignlab.losses import aggregate, nll_loss
+from alignlab.losses.pg import (
+    approx_kl,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_loss,
+    kl_estimate,
+    ptx_loss,
+    truncated_is_weights,
+)
 
 T = torch.tensor
 D = torch.float64
@@ -142,3 +150,21 @@ def test_approx_kl():
     new, old = T([[0.0, -1.0]], dtype=D), T([[-1.0, -1.0]], dtype=D)
     torch.testing.assert_close(approx_kl(new, old), T([[math.e - 2.0, 0.0]], dtype=D))
     assert (approx_kl(torch.randn(8, 8), torch.randn(8, 8)) >= 0).all()
+
+
+def test_entropy_loss_is_minus_coef_times_entropy_and_zero_when_off():
+    """H = (0.5, 1.5), c = 0.1: per-token loss (-0.05, -0.15); its gradient raises the entropy (d loss / d H = -c)."""
+    entropy = torch.tensor([[0.5, 1.5]], requires_grad=True)
+    loss = entropy_loss(entropy, entropy_coef=0.1)
+    torch.testing.assert_close(loss, torch.tensor([[-0.05, -0.15]]))
+    loss.sum().backward()
+    assert (entropy.grad < 0).all()
+    assert entropy_loss(entropy, entropy_coef=0.0).abs().sum() == 0
+
+
+def test_ptx_loss_is_gamma_times_nll():
+    """log pi = (-1, -3), gamma = 0.5: per-token loss (0.5, 1.5) = gamma * NLL; gamma 0 gives 0."""
+    logprobs = torch.tensor([[-1.0, -3.0]])
+    torch.testing.assert_close(ptx_loss(logprobs, ptx_coef=0.5), torch.tensor([[0.5, 1.5]]))
+    torch.testing.assert_close(ptx_loss(logprobs, ptx_coef=0.5), 0.5 * nll_loss(logprobs))
+    assert ptx_loss(logprobs, ptx_coef=0.0).abs().sum() == 0

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from alignlab.config import DataConfig, LogConfig, ModelConfig, OptimConfig, RolloutConfig, parse
-from alignlab.errors import ConfigError
-from alignlab.recipes.ppo import PPOConfig, PPOOptions, RunningMoments, main
+from alignlab.errors import ConfigError, DataError
+from alignlab.recipes.ppo import PPOConfig, PPOOptions, RunningMoments, main, ppo_losses
 from alignlab.rewards import RewardSourceConfig
 
 GOLD = "python:alignlab.lab.rewards:sentiment_gold"
@@ -130,6 +130,54 @@ def test_resume_matches_the_uninterrupted_run(tiny_model_dir, prompts, tmp_path)
     assert torch.allclose(wa, wb, atol=1e-5)
 
 
+def test_entropy_coef_zero_leaves_the_loss_unchanged_and_c_subtracts_c_times_entropy(tiny_model_dir):
+    """One micro-batch through `ppo_losses`: with entropy_coef 0 the loss is exactly vf_coef * value loss +
+    clipped surrogate (what it was before the option existed); with c = 0.3 it is that minus 0.3 * the
+    token-mean entropy (PPO Eq. 9)."""
+    from alignlab.losses import aggregate
+    from alignlab.losses.pg import clipped_policy_loss, clipped_value_loss
+    from alignlab.models.value import ValueHead, logprobs_and_values
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    head = ValueHead.for_policy(policy)
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[False, True, True, True], [False, False, True, True]])
+    micro = {"input_ids": torch.randint(5, 100, (2, 4), generator=gen), "attention_mask": torch.ones(2, 4),
+             "response_mask": mask, "old_logprobs": -torch.rand(2, 4, generator=gen) * 5,
+             "advantages": torch.randn(2, 4, generator=gen), "values": torch.randn(2, 4, generator=gen),
+             "returns": torch.randn(2, 4, generator=gen)}
+    n = mask.sum()
+    off = ppo_losses(policy, None, head, micro, config(tiny_model_dir, "x", "y"), n, True)
+    cfg = config(tiny_model_dir, "x", "y", ppo__entropy_coef=0.3)
+    on = ppo_losses(policy, None, head, micro, cfg, n, True)
+    lp, values = logprobs_and_values(policy, micro, head=head)
+    pg = aggregate(clipped_policy_loss(lp.logprobs, micro["old_logprobs"], micro["advantages"])[0], mask,
+                   mode="token_mean", num_tokens=n)
+    vf = aggregate(clipped_value_loss(values, micro["values"], micro["returns"]), mask, mode="token_mean",
+                   num_tokens=n)
+    assert torch.equal(off["loss"], 0.1 * vf + pg)  # bit for bit: no entropy term when off
+    torch.testing.assert_close(on["loss"], off["loss"] - 0.3 * off["entropy"])
+    assert off["entropy"] > 0
+
+
+def test_ppo_with_entropy_bonus_and_ptx_mix(tiny_model_dir, prompts, sft_data, tmp_path):
+    """Both options on: PPO-ptx draws one SFT batch per update (2 epochs x 2 minibatches = 4 per step) and,
+    with a large gamma, its NLL falls; the batch position is checkpointed for resume."""
+    out = tmp_path / "run"
+    main(config(tiny_model_dir, prompts, out, ppo__entropy_coef=0.01, ppo__ptx_coef=2.0,
+                ppo__ptx_dataset=str(sft_data), ppo__ptx_batch_size=8, log__save_every=1))
+    rows = metrics(out)
+    assert all(torch.isfinite(torch.tensor(m[k])) for m in rows for k in (*KEYS, "ptx_nll"))
+    assert rows[1]["ptx_nll"] < rows[0]["ptx_nll"]
+    state = json.loads((out / "checkpoints" / "step-2" / "state.json").read_text())
+    assert state["ptx"] == {"epoch": 0, "position": 8}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" + json.dumps({"prompt": "only"}) + "\n")
+    with pytest.raises(DataError, match="bad.jsonl.*row"):
+        main(config(tiny_model_dir, prompts, tmp_path / "bad", ppo__ptx_coef=1.0, ppo__ptx_dataset=str(bad)))
+    assert not (tmp_path / "bad" / "config.yaml").exists()  # stopped before any model was loaded
+
+
 def test_cli_runs_the_example_config_and_reports_bad_config(tiny_model_dir, prompts, tmp_path, capsys):
     from pathlib import Path
 
@@ -153,6 +201,9 @@ def test_cli_runs_the_example_config_and_reports_bad_config(tiny_model_dir, prom
     ({"ppo__critic": "head", "ppo__critic_path": "x"}, "critic_path applies"),
     ({"ppo__gae_lambda": 1.5}, "gae_lambda"),
     ({"rollout__prompts_per_step": 1, "rollout__group_size": 1, "ppo__minibatches": 2}, "exceeds"),
+    ({"ppo__entropy_coef": -0.1}, "ppo.entropy_coef"),
+    ({"ppo__ptx_coef": 0.5}, "PPO-ptx needs both"),
+    ({"ppo__ptx_dataset": "x.jsonl"}, "PPO-ptx needs both"),
 ])
 def test_config_errors(over, message):
     args = []
@@ -160,6 +211,14 @@ def test_config_errors(over, message):
         args += ["--" + key.replace("__", ".").replace("_", "-"), str(value)]
     with pytest.raises(ConfigError, match=message):
         parse(PPOConfig, args)
+
+
+def test_cli_flags_of_entropy_bonus_and_ptx():
+    cfg = parse(PPOConfig, ["--ppo.entropy-coef", "0.01", "--ppo.ptx-coef", "0.5", "--ppo.ptx-dataset", "mix.jsonl",
+                            "--ppo.ptx-batch-size", "4"])
+    assert (cfg.ppo.entropy_coef, cfg.ppo.ptx_coef, cfg.ppo.ptx_dataset, cfg.ppo.ptx_batch_size) == (
+        0.01, 0.5, "mix.jsonl", 4)
+    assert (PPOOptions().entropy_coef, PPOOptions().ptx_coef, PPOOptions().ptx_dataset) == (0.0, 0.0, None)
 
 
 def test_running_moments_match_whole_history():
