@@ -17,11 +17,12 @@ from alignlab.recipes import reward_eval
 PAPER = "Ouyang et al. 2022, Training language models to follow instructions with human feedback (arXiv:2203.02155)"
 CLAIM = "PPO against a learned reward model lifts the (gold) quality over the SFT policy, which lifts it over the base."
 SCALES = {
-    "tiny": {"sft_steps": 20, "pairs": 48, "heldout": 24, "rm_epochs": 1, "ppo_steps": 3, "eval_prompts": 16},
-    "default": {"sft_steps": 150, "pairs": 1024, "heldout": 256, "rm_epochs": 2, "ppo_steps": 60,
-                "eval_prompts": 128},
-    "large": {"sft_steps": 300, "pairs": 4096, "heldout": 512, "rm_epochs": 2, "ppo_steps": 200,
-              "eval_prompts": 512},
+    "tiny": {"sft_steps": 20, "pairs": 48, "heldout": 24, "rm_epochs": 1, "rm_batch": 16, "rm_warmup": 0,
+             "ppo_steps": 3, "eval_prompts": 16},
+    "default": {"sft_steps": 150, "pairs": 1024, "heldout": 256, "rm_epochs": 4, "rm_batch": 32, "rm_warmup": 5,
+                "ppo_steps": 60, "eval_prompts": 128},
+    "large": {"sft_steps": 300, "pairs": 4096, "heldout": 512, "rm_epochs": 4, "rm_batch": 32, "rm_warmup": 5,
+              "ppo_steps": 200, "eval_prompts": 512},
 }
 
 
@@ -34,7 +35,7 @@ def run(ctx: Context) -> Outcome:
     files = pair_files(ctx.work / "pairs", sft_path, train=s["pairs"], held_out=s["heldout"], seed=ctx.seed,
                        labeler_temperature=0.05)
     rm = train_rm(ctx.work / "rm", files["train"][0.0], policy=sft_path, rows=None, epochs=s["rm_epochs"],
-                  batch=16, seed=ctx.seed, progress=ctx.progress)
+                  batch=s["rm_batch"], warmup_steps=s["rm_warmup"], seed=ctx.seed, progress=ctx.progress)
     rm_accuracy = reward_eval.main(reward_eval.RewardEvalConfig(model=str(rm), dataset=str(files["heldout"]),
                                                                 max_length=64))["accuracy"]
     ppo_dir = train_ppo(ctx.work / "ppo", sft_path, [f"rm:{rm}"], steps=s["ppo_steps"], save_every=0,
