@@ -152,3 +152,28 @@ def test_grm_with_lora_and_shared_prompt_rows(lm_dir, pairs, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for k, v in result["last_train_metrics"].items() if k == "loss")
     _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lora", output_loading_info=True)
     assert not any(info.values()), info
+
+
+@pytest.mark.parametrize("lm_dir", ["tied"], indirect=True)
+def test_grm_resume_is_exact_with_a_tied_head(lm_dir, pairs, tmp_path):
+    """The tied LM head is the RM's embedding parameter: a resumed run restores it in place and logs the same."""
+    import shutil
+
+    from alignlab.recipes.reward import main
+
+    full = tmp_path / "full"
+    cfg = config(lm_dir, pairs, full, steps=6, lm_coef=0.5)
+    cfg.log.save_every, cfg.log.keep_checkpoints, cfg.log.log_every = 3, 0, 1
+    main(cfg)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-6")
+    (resumed / "eval.json").unlink()
+    cfg.log.output_dir, cfg.resume = str(resumed), True
+    main(cfg)
+
+    def lines(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+    assert lines(resumed) == lines(full)
