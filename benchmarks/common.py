@@ -37,6 +37,16 @@ MODELS = {
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2816),
 }
 
+# --precision of the DPO / RM harnesses: fp32, or bf16 autocast in both libraries (TRL `bf16=True`, alignlab
+# `model.mixed_precision=bf16`; master weights stay float32). Results of a bf16 run go to `<name>-bf16.json/.md`.
+PRECISIONS = ("fp32", "bf16")
+
+
+def results_stem(name: str, precision: str) -> str:
+    """Stem of a harness's result files: `dpo` for fp32, `dpo-bf16` for bf16."""
+    return name if precision == "fp32" else f"{name}-{precision}"
+
+
 # Allocator tunables from PERF-NOTES §2 (glibc keeps big buffers instead of returning them to the OS).
 GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 
@@ -312,6 +322,16 @@ def matmul_peak(dtype_name: str, *, repeats: int = 5, seconds: float = 0.25) -> 
 
 
 # ---------------------------------------------------------------- the parent side
+
+
+def probe_peak(env: dict, threads: int) -> dict:
+    """fp32 matmul peak (wall and CPU-time GFLOP/s) measured in a child with the runs' environment."""
+    code = (f"import json, common; common.setup_threads({threads}); p = common.matmul_peak('fp32', repeats=3); "
+            "print(json.dumps([p['peak_gflops'], p['peak_gflops_cpu']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    wall, cpu = json.loads(out)
+    return {"wall": wall, "cpu": cpu, "threads": threads}
 
 
 def child_env(threads: int, glibc_tunables: bool) -> dict[str, str]:

@@ -5,12 +5,14 @@ Run (from the repository root; needs `pip install -e ".[bench]"`):
     python benchmarks/dpo.py                                   # tiny, both reference modes, 3 repeats
     python benchmarks/dpo.py --models tiny,small               # also the 47M model (slow on 2 cores)
     python benchmarks/dpo.py --repeats 1 --refs precomputed    # a quick look
+    python benchmarks/dpo.py --precision bf16                  # bf16 autocast in both (results/dpo-bf16.*)
 
 Writes benchmarks/results/dpo.json (every run) and benchmarks/results/dpo.md (the table, also printed).
 Fixtures, timing and environment are those of benchmarks/sft.py (benchmarks/README.md): `common.py`'s tokenizer
 and tiny/small Llama models; the pairs reuse its prompt/completion rows (prompts ≈ 64 tokens): chosen = the
 row's completion, rejected = the next row's completion (64–128 tokens each). Batches are 8 pairs (tiny) and 4
-(small), fp32, lr 1e-4 constant, beta 0.1, max_length 256 (nothing truncated), no gradient checkpointing.
+(small), fp32 (or `--precision bf16`: autocast in both, TRL `bf16=True`, alignlab `model.mixed_precision=bf16`,
+float32 master weights), lr 1e-4 constant, beta 0.1, max_length 256 (nothing truncated), no gradient checkpointing.
 
 Timing: the step clock of `common.py`, counting only forwards with grad enabled (the policy's training forward;
 reference forwards run without grad), so each step is one forward: over the 2B chosen+rejected rows (TRL), or
@@ -74,9 +76,9 @@ def train_trl(model_dir: Path, data: Path, a, clock, out_dir: str) -> dict:
         output_dir=out_dir, max_steps=a.total_steps, per_device_train_batch_size=a.batch_size, learning_rate=LR,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=BETA,
         loss_type=["sigmoid"], precompute_ref_log_probs=a.ref == "precomputed", max_length=MAX_LENGTH,
-        bf16=False, fp16=False, gradient_checkpointing=False, activation_checkpointing=False, report_to=[],
-        save_strategy="no", eval_strategy="no", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False, use_cpu=True, seed=0,
+        bf16=a.precision == "bf16", fp16=False, gradient_checkpointing=False, activation_checkpointing=False,
+        report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10**6, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=True, seed=0,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     out = trainer.train()
@@ -90,7 +92,8 @@ def train_alignlab(model_dir: Path, data: Path, a, clock, out_dir: str) -> dict:
     build = preference.model_from_config  # the recipe builds its model: wrap the builder to attach the clock
     preference.model_from_config = lambda *args, **kw: clock.attach(build(*args, **kw))
     cfg = preference.PreferenceConfig(
-        model=ModelConfig(path=str(model_dir), dtype="float32", gradient_checkpointing=False),
+        model=ModelConfig(path=str(model_dir), dtype="float32", gradient_checkpointing=False,
+                          mixed_precision="bf16" if a.precision == "bf16" else "no"),
         data=DataConfig(dataset=str(data), max_length=MAX_LENGTH, eval_fraction=0.0),
         optim=OptimConfig(lr=LR, scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                           batch_size=a.batch_size, grad_accum=1, max_steps=a.total_steps),
@@ -115,7 +118,8 @@ def child(a) -> None:
         extra = (train_trl if a.lib == "trl" else train_alignlab)(model_dir, Path(a.data), a, clock, out_dir)
     window = clock.window(a.warmup, a.steps)
     window["pairs"] = a.steps * a.batch_size  # rows per pair differ: TRL 2 (prompt twice), alignlab 1 (shared)
-    result = {"lib": a.lib, "model": a.model, "ref": a.ref, "batch_size": a.batch_size, "warmup": a.warmup,
+    result = {"lib": a.lib, "model": a.model, "ref": a.ref, "precision": a.precision, "batch_size": a.batch_size,
+              "warmup": a.warmup,
               "steps": a.steps, **window, **extra, "peak_rss_mb": round(common.peak_rss_mb(), 1),
               "startup_s": round(clock.calls[0][0] - t_start, 2) if clock.calls else None}
     Path(a.out).write_text(json.dumps(result))
@@ -165,7 +169,7 @@ def markdown(summary: list[dict], info: dict, settings: dict) -> str:
         f"· transformers {info['transformers']} · trl {info['trl']} · alignlab {info['alignlab_commit']}", "",
         f"Command: `{settings['command']}`  ", f"Load average before / after: {settings['loadavg']}  ",
         f"Steps: warm-up {settings['warmup']}, measured {settings['steps']}; median of {settings['repeats']} fresh "
-        f"processes; {settings['env']}; {settings['clock']} clock.", "",
+        f"processes; {settings['env']}; {settings['clock']} clock; {settings.get('precision', 'fp32')}.", "",
         "| model | reference | library | pairs/step | pairs/s | range | tokens/s | peak RSS MB | pairs/s vs TRL "
         "| RSS vs TRL | padding % | start-up s | loss | other load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -206,12 +210,13 @@ def parent(a) -> None:
     runs, t0 = [], time.perf_counter()
     jobs = [(r, m, ref, lib) for r in range(a.repeats) for m in models for ref in refs for lib in libs]
     for i, (rep, m, ref, lib) in enumerate(jobs, 1):
-        label, stem = f"[{i:2d}/{len(jobs)}] {m:5s} {ref:11s} {lib:8s} #{rep + 1}", f"dpo-{m}-{ref}-{lib}-{rep + 1}"
+        label = f"[{i:2d}/{len(jobs)}] {m:5s} {ref:11s} {lib:8s} {a.precision} #{rep + 1}"
+        stem = f"{common.results_stem('dpo', a.precision)}-{m}-{ref}-{lib}-{rep + 1}"
         warmup, steps = a.warmup or WARMUP[m], a.steps or STEPS[m]
         argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model", m, "--ref", ref,
                 "--model-dir", str(model_dirs[m]), "--data", str(data), "--batch-size", str(BATCH[m]),
                 "--warmup", str(warmup), "--steps", str(steps), "--total-steps", str(warmup + steps + 1),
-                "--threads", str(a.threads), "--out", str(log_dir / f"{stem}.json"),
+                "--threads", str(a.threads), "--precision", a.precision, "--out", str(log_dir / f"{stem}.json"),
                 "--progress-file", str(log_dir / "progress")]
         if a.wait_idle:
             common.wait_idle(a.wait_idle, a.max_load)
@@ -225,10 +230,11 @@ def parent(a) -> None:
     settings = {"command": "python benchmarks/dpo.py " + " ".join(sys.argv[1:]), "repeats": a.repeats,
                 "warmup": {m: a.warmup or WARMUP[m] for m in models}, "steps": {m: a.steps or STEPS[m] for m in models},
                 "loadavg": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}", "batch_pairs": BATCH, "lr": LR,
-                "beta": BETA, "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note,
+                "beta": BETA, "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note, "precision": a.precision,
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else
                                                          ", no allocator tunables")}
-    previous = RESULTS / "dpo.json"
+    out = RESULTS / common.results_stem("dpo", a.precision)
+    previous = out.with_suffix(".json")
     if a.merge and previous.exists():
         old = json.loads(previous.read_text())
         redone = {(m, ref, lib) for m in models for ref in refs for lib in libs}
@@ -236,10 +242,10 @@ def parent(a) -> None:
         for key in ("warmup", "steps"):  # the merged runs' settings too
             settings[key] = {**old["settings"].get(key, {}), **settings[key]}
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
-    (RESULTS / "dpo.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
+    out.with_suffix(".json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
                                                   "runs": runs}, indent=1))
     md = markdown(summary, info, settings)
-    (RESULTS / "dpo.md").write_text(md)
+    out.with_suffix(".md").write_text(md)
     print(md)
 
 
@@ -259,6 +265,8 @@ def parse_args(argv=None):
                     help="before each run, wait up to this long for other processes to go quiet")
     ap.add_argument("--max-load", type=float, default=0.15, metavar="CORES", help="what --wait-idle calls quiet")
     ap.add_argument("--note", default="", help="a line written under the table (e.g. the machine's load)")
+    ap.add_argument("--precision", choices=common.PRECISIONS, default="fp32",
+                    help="fp32, or bf16 autocast in both libraries (results go to results/dpo-bf16.json/.md)")
     ap.add_argument("--merge", action="store_true",
                     help="keep results/dpo.json's runs of the (model, reference, library) combinations not rerun")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

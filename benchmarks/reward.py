@@ -6,13 +6,15 @@ Run (from the repository root; needs `pip install -e ".[bench]"`):
     python benchmarks/reward.py --repeats 1          # a quick look
     python benchmarks/reward.py --libs trl --merge   # redo one side, keep the other's runs
     python benchmarks/reward.py --threads 1 --clock cpu   # on a busy machine: CPU-time clock, a load-robust proxy
+    python benchmarks/reward.py --precision bf16     # bf16 autocast in both (results/reward-bf16.*)
 
 Writes benchmarks/results/reward.json (every run) and benchmarks/results/reward.md (the table, also printed).
 
 Fixtures (benchmarks/common.py): the `tiny` and `small` Llamas (random weights, vocab 4096) and the SFT benchmark's
 prompt / completion rows (64-token prompts, 64-128-token completions); pair i is (prompt_i, completion_i,
 completion_{i+1}), so chosen and rejected differ in length as in real data. Both libraries get a new score
-head on the same checkpoint, batch 8 pairs (tiny; 16 sequences in one TRL forward) or 4 (small), fp32, lr 1e-5
+head on the same checkpoint, batch 8 pairs (tiny; 16 sequences in one TRL forward) or 4 (small), fp32 (or
+`--precision bf16`: autocast in both, TRL `bf16=True`, alignlab `model.mixed_precision=bf16`), lr 1e-5
 constant, clipping 1.0, max_length 256 (nothing truncated or filtered), no gradient checkpointing, no eval, no
 checkpoints inside the window. Timing: the StepClock of common.py (a forward pre-hook on the input embedding) over steps
 [W, W+M) of a fresh process per run; samples/s counts PAIRS per second; tokens/s counts the non-pad tokens
@@ -73,7 +75,8 @@ def train_trl(model_dir: Path, data: Path, a, clock: common.StepClock, out_dir: 
     dataset = Dataset.from_list([json.loads(line) for line in data.open()])
     args = RewardConfig(
         output_dir=out_dir, max_steps=a.total_steps, per_device_train_batch_size=a.batch_size, learning_rate=LR,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, fp16=False,
+        bf16=a.precision == "bf16",
         gradient_checkpointing=False, activation_checkpointing=False, max_length=MAX_LENGTH, report_to=[],
         save_strategy="no", eval_strategy="no", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=False, use_cpu=True, seed=0,
@@ -90,7 +93,8 @@ def train_alignlab(model_dir: Path, data: Path, a, clock: common.StepClock, out_
     build = reward.build_model  # the recipe builds its model inside main: wrap it so the clock sees it
     reward.build_model = lambda *args, **kw: clock.attach(build(*args, **kw))
     cfg = reward.RewardConfig(
-        model=ModelConfig(path=str(model_dir), dtype="float32", gradient_checkpointing=False),
+        model=ModelConfig(path=str(model_dir), dtype="float32", gradient_checkpointing=False,
+                          mixed_precision="bf16" if a.precision == "bf16" else "no"),
         data=DataConfig(dataset=str(data), max_length=MAX_LENGTH, eval_fraction=0.0),
         optim=OptimConfig(lr=LR, scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                           batch_size=a.batch_size, grad_accum=1, max_steps=a.total_steps),
@@ -113,7 +117,8 @@ def child(a) -> None:
         extra = (train_trl if a.lib == "trl" else train_alignlab)(model_dir, Path(a.data), a, clock, out_dir)
     window = clock.window(a.warmup, a.steps)
     window["pairs"] = a.steps * a.batch_size  # rows per forward differ (TRL: 2 per pair; alignlab: 1, prompt shared)
-    result = {"lib": a.lib, "model": a.model, "batch_size": a.batch_size, "warmup": a.warmup, "steps": a.steps,
+    result = {"lib": a.lib, "model": a.model, "precision": a.precision, "batch_size": a.batch_size,
+              "warmup": a.warmup, "steps": a.steps,
               **window, **extra, "startup_s": round(clock.calls[0][0] - t_start, 2),
               "peak_rss_mb": round(common.peak_rss_mb(), 1)}
     Path(a.out).write_text(json.dumps(result))
@@ -169,7 +174,8 @@ def markdown(summary: list[dict], info: dict, peak: dict, settings: dict) -> str
         f"{info['date']} · {info['cpu']} ({info['cores']} cores) · {info['threads']} threads · torch {info['torch']} "
         f"· transformers {info['transformers']} · trl {info['trl']} · alignlab {info.get('alignlab_commit', '')}", "",
         f"Command: `{settings['command']}`  ",
-        f"Llama, fp32, pairs/step {settings['batch_pairs']}, warm-up {settings['warmup']} + {settings['steps']} "
+        f"Llama, {settings.get('precision', 'fp32')}, pairs/step {settings['batch_pairs']}, warm-up "
+        f"{settings['warmup']} + {settings['steps']} "
         f"measured steps, median of {settings['repeats']} fresh processes; {settings['env']}; {clock} clock; fp32 "
         f"matmul peak {peak[clock]:.0f} GFLOP/s ({clock} clock).", "",
         "| model | library | pairs/step | pairs/s | range | tokens/s | MFU % | peak RSS MB | pairs/s vs TRL "
@@ -205,7 +211,7 @@ def parent(a) -> None:
             sys.exit(f"unknown {value}; choose from {list(allowed)}")
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    out_json = RESULTS / "reward.json"
+    out_json = RESULTS / f"{common.results_stem('reward', a.precision)}.json"
     env = common.child_env(a.threads, a.glibc_tunables)
     warmup = {m: a.warmup or WARMUP[m] for m in models}
     steps = {m: a.steps or STEPS[m] for m in models}
@@ -217,17 +223,18 @@ def parent(a) -> None:
     if a.peak_fp32:
         peak = {"wall": a.peak_fp32, "cpu": a.peak_fp32, "threads": a.threads}
     if peak is None:  # in a child with the runs' threads and environment, like the runs themselves
-        peak = _probe_peak(env, a.threads)
+        peak = common.probe_peak(env, a.threads)
     runs = []
     for rep in range(a.repeats):
         for model in models:
             for lib in libs:
-                label, stem = f"{model:5s} {lib:8s} #{rep + 1}", f"reward-{model}-{lib}-{rep + 1}"
+                label = f"{model:5s} {lib:8s} {a.precision} #{rep + 1}"
+                stem = f"{out_json.stem}-{model}-{lib}-{rep + 1}"
                 total = warmup[model] + steps[model] + 1
                 argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model", model,
                         "--model-dir", str(model_dirs[model]), "--data", str(data), "--batch-size",
                         str(BATCH[model]), "--warmup", str(warmup[model]), "--steps", str(steps[model]),
-                        "--total-steps", str(total), "--threads", str(a.threads),
+                        "--total-steps", str(total), "--threads", str(a.threads), "--precision", a.precision,
                         "--out", str(log_dir / f"{stem}.json"), "--progress-file", str(log_dir / "progress")]
                 if a.wait_idle:
                     common.wait_idle(a.wait_idle)
@@ -245,7 +252,7 @@ def parent(a) -> None:
                 {(lib, m) for lib in libs for m in models}] + runs
     settings = {"command": "python benchmarks/reward.py " + " ".join(sys.argv[1:]), "warmup": warmup,
                 "steps": steps, "repeats": a.repeats, "batch_pairs": {m: BATCH[m] for m in models}, "lr": LR,
-                "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note,
+                "max_length": MAX_LENGTH, "clock": a.clock, "note": a.note, "precision": a.precision,
                 "env": f"{a.threads} threads" + (", GLIBC_TUNABLES for both" if a.glibc_tunables else
                                                   ", no allocator tunables")}
     for key in ("warmup", "steps", "batch_pairs"):  # the merged runs' settings too
@@ -254,20 +261,8 @@ def parent(a) -> None:
     out_json.write_text(json.dumps({"machine": info, "settings": settings, "peak": peak, "summary": summary,
                                     "runs": runs}, indent=1))
     md = markdown(summary, info, peak, settings)
-    (RESULTS / "reward.md").write_text(md)
+    out_json.with_suffix(".md").write_text(md)
     print(md)
-
-
-def _probe_peak(env: dict, threads: int) -> dict:
-    """fp32 matmul peak (wall and CPU-time GFLOP/s) measured in a child with the runs' environment."""
-    import subprocess
-
-    code = (f"import json, common; common.setup_threads({threads}); p = common.matmul_peak('fp32', repeats=3); "
-            "print(json.dumps([p['peak_gflops'], p['peak_gflops_cpu']]))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parent,
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    wall, cpu = json.loads(out)
-    return {"wall": wall, "cpu": cpu, "threads": threads}
 
 
 def parse_args(argv=None):
@@ -283,6 +278,8 @@ def parse_args(argv=None):
     ap.add_argument("--glibc-tunables", action="store_true", help="GLIBC_TUNABLES of PERF-NOTES §2 for both")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="before each run, wait up to this long for other processes to go quiet")
+    ap.add_argument("--precision", choices=common.PRECISIONS, default="fp32",
+                    help="fp32, or bf16 autocast in both libraries (results go to results/reward-bf16.json/.md)")
     ap.add_argument("--merge", action="store_true", help="keep results/reward.json's runs of libraries not rerun")
     ap.add_argument("--peak-fp32", type=float, default=None, help="skip the probe: fp32 matmul peak GFLOP/s")
     ap.add_argument("--note", default="", help="a line written under the table (e.g. the machine's load)")
