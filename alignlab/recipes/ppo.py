@@ -69,6 +69,7 @@ from alignlab.runtime import (
     micro_batches,
     resume_point,
     save_checkpoint,
+    save_step,
     seed_everything,
     to_device,
     unwrap,
@@ -346,20 +347,16 @@ def resume(ckpt: Path | None, run: RunDir, cfg: PPOConfig, models: tuple, optimi
     return state, controller, running, PromptSampler(n_prompts, seed=cfg.seed, state=state.get("prompts"))
 
 
-def save(run: RunDir, step: int, models: tuple, optimizers: dict, schedulers: list, state: dict, tokenizer, cfg,
-         accelerator) -> None:
-    """Critic checkpoint first (`<run>/critic/checkpoints/step-N`), then the policy's, whose marker makes step N
-    the resume point: a crash between the two leaves the previous pair in charge. Main process only."""
+def save_critic(run: RunDir, step: int, models: tuple, optimizers: dict, schedulers: list, tokenizer, cfg,
+                accelerator) -> None:
+    """The critic's checkpoint `<run>/critic/checkpoints/step-N`, written before the policy's, whose marker makes
+    step N the resume point: a crash between the two leaves the previous pair in charge. Main process only."""
     if not accelerator.is_main_process:
         return
     policy, critic, head = models
-    value_module = unwrap(accelerator, critic if critic is not None else head)
-    save_checkpoint(run.path / CRITIC_DIR, step, model=value_module,
+    save_checkpoint(run.path / CRITIC_DIR, step, model=unwrap(accelerator, critic if critic is not None else head),
                     tokenizer=tokenizer if critic is not None else None, optimizer=optimizers["critic"],
                     scheduler=schedulers[1], state={"step": step}, keep=cfg.log.keep_checkpoints)
-    save_checkpoint(run, step, model=unwrap(accelerator, policy), tokenizer=tokenizer,
-                    optimizer=optimizers["policy"], scheduler=schedulers[0], state=state,
-                    keep=cfg.log.keep_checkpoints)
 
 
 def save_final(run: RunDir, models: tuple, tokenizer, accelerator) -> None:
@@ -425,11 +422,14 @@ def main(cfg: PPOConfig) -> dict:
             if main_process and due(step, cfg.rollout.sample_every, done) and cfg.rollout.sample_every:
                 write_samples(run, step, exp, extra={"kl": exp.tensors["seq_kl"]})
             if due(step, cfg.log.save_every, done):
-                guard.check()  # never write a checkpoint after a non-finite step
-                state.update(meter=meter.state_dict(), prompts=order.state_dict(), kl=controller.state_dict(),
+                state.update(prompts=order.state_dict(), kl=controller.state_dict(),
                              **({"running": running.state_dict()} if running is not None else {}),
                              **({"ptx": ptx.state_dict()} if ptx is not None else {}))
-                save(run, step, models, optimizers, schedulers, state, tokenizer, cfg, accelerator)
+                critic_first = [lambda step=step: save_critic(run, step, models, optimizers, schedulers, tokenizer,
+                                                              cfg, accelerator)]
+                save_step(run, step, guard=guard, meter=meter, state=state, write=main_process,
+                          keep=cfg.log.keep_checkpoints, prepare=critic_first, model=unwrap(accelerator, policy),
+                          tokenizer=tokenizer, optimizer=optimizers["policy"], scheduler=schedulers[0])
             if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break

@@ -65,7 +65,7 @@ from alignlab.runtime import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
-    save_checkpoint,
+    save_step,
     seed_everything,
     to_device,
     unwrap,
@@ -378,15 +378,13 @@ def main(cfg: PreferenceConfig) -> dict:
             if metrics.get("step") == step:
                 run.log(step, metrics)
             if due(step, cfg.log.save_every, done):
-                guard.check()  # never write a checkpoint after a non-finite step
                 kept = {int(p.name[5:]) for p in run.checkpoints_dir.glob("step-*")}
-                state.update(meter=meter.state_dict(), bco=extra["bco"].tolist(),
-                             ref_files=files, reference_file=save_reference_weights(
-                                 live.model, run.path / "reference", step, kept) if moving_ref else None)
-                if main_process:
-                    save_checkpoint(run, step, model=unwrap(accelerator, model), tokenizer=tokenizer,
-                                    optimizer=optimizer, scheduler=scheduler, state=state,
-                                    keep=cfg.log.keep_checkpoints)
+                state.update(bco=extra["bco"].tolist(), ref_files=files, reference_file=None)
+                moved = [lambda step=step, kept=kept: {"reference_file": save_reference_weights(
+                    live.model, run.path / "reference", step, kept)}] if moving_ref else []  # after the finite check
+                save_step(run, step, guard=guard, meter=meter, state=state, write=main_process,
+                          keep=cfg.log.keep_checkpoints, prepare=moved, model=unwrap(accelerator, model),
+                          tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler)
             if stopping:
                 log.info("stop requested: saved step %d, exiting", step)
                 break

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,16 @@ def save_checkpoint(run_dir: Any, step: int, *, model: torch.nn.Module, tokenize
 
 
 def save_step(run_dir: Any, step: int, *, guard: Any, meter: Any, state: dict, write: bool, keep: int,
-              **parts: Any) -> None:
-    """A training loop's checkpoint at `step`: confirm every step since the last check was finite (a
-    checkpoint is never written after a non-finite step), store the meter's open logging interval in `state`
-    (for an exact resume), and, on the process that writes (`write`), `save_checkpoint(run_dir, step,
-    state=state, keep=keep, **parts)` with `parts` = model, tokenizer, optimizer, scheduler."""
+              prepare: Sequence[Callable[[], dict | None]] = (), **parts: Any) -> None:
+    """A training loop's checkpoint at `step`: confirm every step since the last check was finite (nothing is
+    written after a non-finite step), run the `prepare` callables (every process; each may return entries for
+    `state`, e.g. PPO's critic checkpoint, which must precede the policy's, or the file of a moving reference's
+    weights), store the meter's open logging interval in `state` (for an exact resume), and, on the process
+    that writes (`write`), `save_checkpoint(run_dir, step, state=state, keep=keep, **parts)` with `parts` =
+    model, tokenizer, optimizer, scheduler."""
     guard.check()
+    for fn in prepare:
+        state.update(fn() or {})
     state["meter"] = meter.state_dict()
     if write:
         save_checkpoint(run_dir, step, state=state, keep=keep, **parts)

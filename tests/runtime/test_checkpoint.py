@@ -161,3 +161,34 @@ def test_tied_embeddings_restore_through_their_twin(tmp_path, tiny_model_dir):
     assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
     assert torch.equal(fresh.lm_head.weight, model.lm_head.weight)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_save_step_checks_finite_then_prepares_then_writes(tmp_path, tiny_model_dir):
+    """Order: the finite check first (a NaN step writes nothing, not even what `prepare` would), then the
+    `prepare` callables (their entries land in state.json), the meter's interval, then the checkpoint."""
+    from alignlab.errors import NonFiniteLossError
+    from alignlab.runtime import FiniteGuard, Meter, save_step
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    meter, calls = Meter("cpu"), []
+    meter.add({"loss": torch.tensor(2.0)})
+
+    def companion():
+        calls.append(latest_checkpoint(tmp_path))  # runs before this step's checkpoint exists
+        return {"companion": "written"}
+
+    guard = FiniteGuard()
+    guard.record(1, torch.tensor(float("nan")), [7])
+    with pytest.raises(NonFiniteLossError, match=r"step 1; batch rows: \[7\]"):
+        save_step(tmp_path, 1, guard=guard, meter=meter, state={"step": 1}, write=True, keep=2, prepare=[companion],
+                  model=model)
+    assert calls == [] and latest_checkpoint(tmp_path) is None
+    guard.record(2, torch.tensor(1.0), [8])
+    state = {"epoch": 0}
+    save_step(tmp_path, 2, guard=guard, meter=meter, state=state, write=True, keep=2, prepare=[companion, lambda: None],
+              model=model)
+    assert calls == [None]
+    saved = load_checkpoint(tmp_path / "checkpoints" / "step-2", model=model, restore_rng=False)
+    assert saved["companion"] == "written" and saved["meter"] == {"sums": {"loss": 2.0}, "steps": 1}
+    save_step(tmp_path, 3, guard=guard, meter=meter, state=dict(state), write=False, keep=2, model=model)
+    assert latest_checkpoint(tmp_path).name == "step-2"  # a process that does not write leaves no files
