@@ -250,11 +250,7 @@ def _rotate(root: Path, step: int, keep: int) -> None:
 def _fsync_tree(directory: Path) -> None:
     for dirpath, _, files in os.walk(directory):
         for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_and_close(os.open(os.path.join(dirpath, name), os.O_RDONLY))
         _fsync_dir(Path(dirpath))
 
 
@@ -263,6 +259,10 @@ def _fsync_dir(directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # directories cannot be opened on Windows; rename durability is best effort there
         return
+    _fsync_and_close(fd)
+
+
+def _fsync_and_close(fd: int) -> None:
     try:
         os.fsync(fd)
     finally:
