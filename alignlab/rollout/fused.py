@@ -2,15 +2,18 @@
 
 The same arithmetic as the transformers modules (RMSNorm in float32, rotary embedding from the model's own
 `rotary_emb`, so every rope scaling type is covered, grouped-query SDPA, SiLU-gated MLP), written as a few
-tensor ops per layer on packed weights: q|k|v in one matmul, gate|up in one, each weight stored transposed
-(in, out) and contiguous, so a decode step runs 4 matmuls per layer instead of 7 and none of the module-call,
-mask-building and output-capturing machinery of a transformers forward. On CPU this is most of the decode time
-of small models (shared/PERF-NOTES.md point 3). Prefill still runs the model's own forward.
+tensor ops per layer on packed weights and none of the module-call, mask-building and output-capturing machinery
+of a transformers forward. On CPU a decode step of a few rows is bound by reading the weights from memory, so
+the weights are packed in oneDNN's blocked layout (`pack_linear`: ~1.4x faster products at 8-32 rows than MKL on
+any plain layout, docs/rollout.md) and the residual adds, SiLU and gating multiply run as post-ops inside the
+matmuls; q|k|v stay one matmul. Elsewhere (no oneDNN, other devices) weights are stored transposed (in, out).
+Prefill still runs the model's own forward.
 
 The packed weights are a copy made at the start of each `generate` call and dropped at its end (the policy
-changes between calls in RL): one extra copy of the linear weights while generating. Models with anything else
-in their layers (LoRA, quantized linears, QK-norm, biases on the MLP) are refused by `fused_unsupported_reason`
-and decode through the generic path, which calls the model's forward.
+changes between calls in RL, and the copy is not kept while the trainer runs): one extra copy of the linear
+weights while generating. Models with anything else in their layers (LoRA, quantized linears, QK-norm, biases on
+the MLP) are refused by `fused_unsupported_reason` and decode through the generic path, which calls the model's
+forward.
 """
 
 from __future__ import annotations
@@ -59,12 +62,19 @@ def pack_linear(weight: Tensor) -> tuple[Tensor, bool]:
     return weight.detach().t().contiguous(), False
 
 
-def linear(x: Tensor, packed: tuple[Tensor, bool], bias: Tensor | None = None) -> Tensor:
-    """x (A, in) @ W^T (+ bias) for a weight packed by `pack_linear`: (A, out)."""
+def linear(x: Tensor, packed: tuple[Tensor, bool], bias: Tensor | None = None, *, post: str = "none",
+           other: Tensor | None = None) -> Tensor:
+    """y = x (A, in) @ W^T (+ bias) for a weight packed by `pack_linear`, then `post`: "none", "swish" (silu(y)),
+    "add" (y + other) or "mul" (y * other); with oneDNN the post-op runs inside the matmul. Returns (A, out)."""
     weight, onednn = packed
     if onednn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+        if other is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, post)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post, [], "")
+    y = torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+    if post == "swish":
+        return F.silu(y)
+    return y if post == "none" else y.add_(other) if post == "add" else y.mul_(other)
 
 
 class FusedDecoder:
@@ -84,7 +94,7 @@ class FusedDecoder:
                 self.layers.append((
                     layer.input_layernorm, pack_linear(torch.cat([m.weight for m in qkv])), bias,
                     pack_linear(attn.o_proj.weight), layer.post_attention_layernorm,
-                    pack_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                    pack_linear(mlp.gate_proj.weight), pack_linear(mlp.up_proj.weight),
                     pack_linear(mlp.down_proj.weight),
                 ))
             self.head = pack_linear(model.lm_head.weight)  # (V, H) packed
@@ -105,7 +115,7 @@ class FusedDecoder:
         x = inner.embed_tokens(tokens)  # (A, H)
         cos, sin = inner.rotary_emb(x, positions)  # (A, 1, D) each
         cos, sin, half = cos[:, None], sin[:, None], dim // 2
-        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gu, w_down) in enumerate(self.layers):
+        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gate, w_up, w_down) in enumerate(self.layers):
             qkv = linear(self._rms(norm1, x), w_qkv, b_qkv).view(rows, n_q + 2 * n_kv, 1, dim)  # (A, heads, 1, D)
             qk, v = qkv.split([n_q + n_kv, n_kv], dim=1)
             # rotary embedding of q and k in one go: x * cos + rotate_half(x) * sin
@@ -115,7 +125,8 @@ class FusedDecoder:
             # query heads of one kv head attend to the same keys: fold them into the query length (no repeat)
             q = q.reshape(rows, n_kv, n_q // n_kv, dim)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # (A, Hkv, G, D)
-            x = x + linear(out.reshape(rows, n_q * dim), w_o)
-            gate, up = linear(self._rms(norm2, x), w_gu).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate) * up, w_down)
+            x = linear(out.reshape(rows, n_q * dim), w_o, post="add", other=x)  # x + attention output
+            h = self._rms(norm2, x)
+            act = linear(h, w_up, post="mul", other=linear(h, w_gate, post="swish"))  # silu(h W_g^T) * (h W_u^T)
+            x = linear(act, w_down, post="add", other=x)
         return linear(self._rms(inner.norm, x), self.head)  # (A, V)

@@ -55,6 +55,39 @@ def test_greedy_matches_hf_generate(eos_model, tiny_tokenizer, fused, monkeypatc
     torch.testing.assert_close(ours.logprobs, ref.logprobs, atol=1e-5, rtol=0)
 
 
+def test_fused_plain_layout_matches_hf_generate(eos_model, tiny_tokenizer, monkeypatch):
+    """Without oneDNN (other builds, other devices) the fused step keeps transposed plain weights and applies the
+    post-ops (residual add, SiLU, gating) itself: still token-identical to HF greedy, same log-probs."""
+    from alignlab.rollout import fused
+
+    monkeypatch.setattr(fused, "ONEDNN", False)
+    assert fused.pack_linear(eos_model.lm_head.weight)[1] is False
+    sampling = Sampling(max_new_tokens=24, temperature=0)
+    ours = NativeEngine(eos_model, tiny_tokenizer, batch_size=3, fused=True).generate(PROMPTS, 2, sampling)
+    ref = HFEngine(eos_model, tiny_tokenizer).generate(PROMPTS, 2, sampling)
+    _same(ours, ref)
+    torch.testing.assert_close(ours.logprobs, ref.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_weight_updates_between_calls_are_seen(tiny_model_dir, tiny_tokenizer, fused):
+    """RL trains the engine's model object in place between generate calls (no sync_weights here): the next call
+    decodes with the new weights, with no stale packed copy."""
+    model = _load(tiny_model_dir)
+    eng = NativeEngine(model, tiny_tokenizer, batch_size=4, fused=fused)
+    sampling = Sampling(max_new_tokens=8, temperature=0)
+    before = eng.generate(PROMPTS, 1, sampling)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss = model(**tiny_tokenizer(PROMPTS[:1], return_tensors="pt"), labels=tiny_tokenizer(PROMPTS[:1],
+                 return_tensors="pt")["input_ids"]).loss
+    (-10 * loss).backward()  # a large step against the data: greedy continuations change
+    opt.step()
+    model.eval()
+    after, ref = eng.generate(PROMPTS, 1, sampling), HFEngine(model, tiny_tokenizer).generate(PROMPTS, 1, sampling)
+    assert after.completions != before.completions
+    _same(after, ref)
+
+
 def test_layout_and_finish_reasons(eos_model, tiny_tokenizer):
     sampling = Sampling(max_new_tokens=24, temperature=0)
     ro = NativeEngine(eos_model, tiny_tokenizer).generate(PROMPTS, 1, sampling)
