@@ -3,10 +3,14 @@
 Run (from the repository root):
     python benchmarks/generate.py                          # tiny + small, batch 8 and 32, 3 fresh processes each
     python benchmarks/generate.py --repeats 1              # a quick look
-    python benchmarks/generate.py --models small --batches 8 --profile   # torch.profiler of the decode loop
+    python benchmarks/generate.py --models small --batches 8 --profile   # ms/step by phase and op kind
+    python benchmarks/generate.py --models small --threads 1 --clock cpu --profile --repeats 1  # busy machine
     python benchmarks/generate.py --threads 1 --clock cpu  # CPU-time fallback on a busy machine
 
-Writes benchmarks/results/generate.json (every run) and benchmarks/results/generate.md (the table, also printed).
+Writes benchmarks/results/generate.json (every run) and benchmarks/results/generate.md (the table, also printed);
+with --profile, generate-profile.{json,md} instead, with a per-step breakdown of each run (torch.profiler; the
+native engine marks its phases pack_weights, prefill, sample, decode_step, drop_rows) and op tables in
+results/logs/*.profile.txt.
 Fixtures are `common.py`'s (benchmarks/README.md): the vocab-4096 tokenizer, the tiny and small random Llamas, and
 the prompts of its prompt/completion JSONL (64 tokens each, + BOS). Every run samples (temperature 1, no top-k or
 top-p) exactly `--new-tokens` tokens per prompt (EOS suppressed: `min_new_tokens` = `max_new_tokens` on both
@@ -86,12 +90,43 @@ def child(a) -> None:
     if prof is not None:
         prof.stop()
         path = Path(a.out).with_suffix(".profile.txt")
-        avg = prof.key_averages()
+        result["breakdown_ms_per_step"] = parts = breakdown(prof.events(), a.calls * n_new)
         path.write_text(f"torch.profiler over {a.calls} generate calls of {a.batch_size} x {n_new} tokens "
-                        "(profiler overhead included: timings not comparable)\n\n## by self CPU time\n"
-                        + avg.table(sort_by="self_cpu_time_total", row_limit=30))
+                        "(profiler overhead included: timings not comparable)\n\n## ms per token step by phase and "
+                        "op kind\n" + "\n".join(f"{k:40s} {v:8.2f}" for k, v in parts.items())
+                        + "\n\n## by self CPU time\n"
+                        + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+                        + "\n\n## by input shape\n" + prof.key_averages(group_by_input_shape=True).table(
+                            sort_by="self_cpu_time_total", row_limit=30))
         result["profile"] = str(path)
     Path(a.out).write_text(json.dumps(result))
+
+
+OP_KINDS = (("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")),
+            ("attention", ("aten::_scaled_dot_product", "aten::_flash_attention")),
+            ("weight packing", ("mkldnn::_reorder_linear_weight",)),
+            ("copies (cache writes, row drops, cat)", ("aten::copy_", "aten::index_select", "aten::cat",
+                                                       "aten::index", "aten::index_put_", "aten::clone")))
+
+
+def breakdown(events, steps: int) -> dict[str, float]:
+    """Self time of profiled ops in ms per token step, keyed "phase / op kind": the phase is the outermost
+    `alignlab.*` region around the op (NativeEngine marks pack_weights, prefill, sample, decode_step, drop_rows;
+    HF generate has none: "outside"), the kind comes from the op name (OP_KINDS, else "other ops")."""
+    totals: dict[str, float] = {}
+    for ev in events:
+        if ev.name.startswith("alignlab."):
+            continue
+        phase, parent = "outside", ev.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("alignlab."):
+                phase = parent.name.removeprefix("alignlab.")
+            parent = parent.cpu_parent
+        kind = next((k for k, names in OP_KINDS if ev.name.startswith(names)), "other ops")
+        key = f"{phase} / {kind}"
+        totals[key] = totals.get(key, 0.0) + ev.self_cpu_time_total / 1e3 / steps
+    totals = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+    return {**totals, "total": sum(totals.values())}
 
 
 # ---------------------------------------------------------------- the parent
@@ -126,7 +161,7 @@ def summarize(runs: list[dict], clock: str) -> list[dict]:
     return rows
 
 
-def markdown(summary: list[dict], info: dict, settings: dict) -> str:
+def markdown(summary: list[dict], info: dict, settings: dict, runs: list[dict] | None = None) -> str:
     lines = [
         "# Generation benchmark: NativeEngine vs transformers generate", "",
         f"{info['date']} · {info['cpu']} ({info['cores']} cores) · {info['threads']} threads · torch {info['torch']} "
@@ -158,7 +193,24 @@ def markdown(summary: list[dict], info: dict, settings: dict) -> str:
             verdict = "met" if r["speedup_vs_hf"] >= target else "not met"
             met.append(f"{r['model']} batch {r['batch_size']} ≥ {target:.0f}×: {verdict} ({r['speedup_vs_hf']:.2f}×)")
     note = ["", f"**Note:** {settings['note']}"] if settings.get("note") else []
-    return "\n".join(lines + (["", "Targets: " + "; ".join(met) + "."] if met else []) + note) + "\n"
+    return "\n".join(lines + (["", "Targets: " + "; ".join(met) + "."] if met else []) + note
+                     + profile_tables(runs or [], settings["clock"])) + "\n"
+
+
+def profile_tables(runs: list[dict], clock: str) -> list[str]:
+    """With --profile: per run, ms per token step by phase / op kind. The profiler's (wall-clock) shares are scaled
+    to the run's own ms/step on the chosen clock, so that with --clock cpu they add up to CPU time."""
+    lines = []
+    for r in runs:
+        parts = r.get("breakdown_ms_per_step")
+        if not parts:
+            continue
+        scale = metrics(r, clock)["ms_per_step"] / parts["total"]
+        lines += ["", f"### {r['model']} b{r['batch_size']} {r['lib']} #{r['repeat']}: ms per token step "
+                  f"({clock} clock; profiler overhead removed by scaling)", "", "| phase / op kind | ms | share |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v * scale:.2f} | {v / parts['total']:.0%} |" for k, v in parts.items() if k != "total"]
+    return lines
 
 
 def parent(a) -> None:
@@ -199,10 +251,11 @@ def parent(a) -> None:
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else
                                                          ", no allocator tunables")}
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
-    (RESULTS / "generate.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
+    name = a.name or ("generate-profile" if a.profile else "generate")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
                                                        "runs": runs}, indent=1))
-    md = markdown(summary, info, settings)
-    (RESULTS / "generate.md").write_text(md)
+    md = markdown(summary, info, settings, runs)
+    (RESULTS / f"{name}.md").write_text(md)
     print(md)
 
 
@@ -222,7 +275,10 @@ def parse_args(argv=None):
                     help="before each run, wait up to this long for other processes to go quiet")
     ap.add_argument("--max-load", type=float, default=0.15, metavar="CORES", help="what --wait-idle calls quiet")
     ap.add_argument("--profile", action="store_true",
-                    help="torch.profiler over the timed calls (slows them); tables in results/logs/*.profile.txt")
+                    help="torch.profiler over the timed calls (slows them): ms per step by phase and op kind, and "
+                         "op tables, in results/logs/*.profile.txt")
+    ap.add_argument("--name", default="", help="results/<name>.{json,md} (default generate, with --profile "
+                    "generate-profile: profiled timings never overwrite the plain results)")
     ap.add_argument("--note", default="", help="a sentence added to the markdown (e.g. the machine's state)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--lib", "--model", "--model-dir", "--data", "--out", "--progress-file"):

@@ -26,6 +26,7 @@ import logging
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from alignlab.errors import ConfigError
 from alignlab.rollout.base import Rollouts, Sampling, assemble_rollouts, check_request
@@ -147,7 +148,8 @@ class NativeEngine:
         fused = self.uses_fused()
         try:
             with contextlib.nullcontext() if fused else decode_layout(self.inner):
-                self._decoder = FusedDecoder(self.inner) if fused else None
+                with record_function("alignlab.pack_weights"):
+                    self._decoder = FusedDecoder(self.inner) if fused else None
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start:start + self.batch_size]
                     c, lp, f = self._generate_chunk([prompt_ids[i] for i in chunk], chunk, sampling, generator)
@@ -172,7 +174,8 @@ class NativeEngine:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = SlabCache(capacity)
-        return cache, self._forward(ids, mask, positions, cache), mask
+        with record_function("alignlab.prefill"):
+            return cache, self._forward(ids, mask, positions, cache), mask
 
     def _generate_chunk(self, prompt_ids: list[list[int]], prompt_index: list[int], sampling: Sampling,
                         generator: torch.Generator) -> tuple[list[list[int]], list[list[float]], list[bool]]:
@@ -225,9 +228,10 @@ class NativeEngine:
         banned = torch.tensor([eos_id], device=device)
         n_active = rows
         for step in range(steps):
-            tokens, logprobs = sample_tokens(logits, temperature=sampling.temperature, top_k=sampling.top_k,
-                                             top_p=sampling.top_p, generator=generator,
-                                             banned=banned if step < sampling.min_new_tokens else None)
+            with record_function("alignlab.sample"):
+                tokens, logprobs = sample_tokens(logits, temperature=sampling.temperature, top_k=sampling.top_k,
+                                                 top_p=sampling.top_p, generator=generator,
+                                                 banned=banned if step < sampling.min_new_tokens else None)
             out_tokens[active, step] = tokens
             out_logprobs[active, step] = logprobs
             done |= tokens == eos_id
@@ -240,15 +244,17 @@ class NativeEngine:
                 if n_done and n_done * 8 >= n_active:  # drop finished rows
                     keep = (~done).nonzero().squeeze(1)
                     n_active = keep.shape[0]
-                    cache.select(keep)
+                    with record_function("alignlab.drop_rows"):
+                        cache.select(keep)
                     step_mask[:n_active] = step_mask.index_select(0, keep)
                     active, done, positions, tokens = active[keep], done[keep], positions[keep], tokens[keep]
             length = width + step + 1
             view = step_mask[:n_active, ..., :length] if is_4d else step_mask[:n_active, :length]
-            if self._decoder is not None:
-                logits = self._decoder.step(tokens, positions, view, cache)
-            else:
-                logits = self._forward(tokens[:, None], view, positions, cache)
+            with record_function("alignlab.decode_step"):
+                if self._decoder is not None:
+                    logits = self._decoder.step(tokens, positions, view, cache)
+                else:
+                    logits = self._forward(tokens[:, None], view, positions, cache)
             positions += 1
         return out_tokens.cpu(), out_logprobs.cpu()
 
