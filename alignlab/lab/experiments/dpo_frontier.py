@@ -27,12 +27,12 @@ CLAIM = ("DPO's reward/KL frontier dominates PPO's: at the same KL to the refere
          "reward, even when PPO optimizes the ground-truth reward.")
 GOLD = f"python:alignlab.lab.rewards:{LAB_REWARDS['sentiment-gold']}"
 SCALES = {
-    "tiny": {"betas": [0.1], "kl_targets": [2.0], "sft_steps": 20, "pairs": 64, "steps": 4, "save_every": 2,
-             "eval_prompts": 16},
-    "default": {"betas": [0.05, 0.1, 0.5], "kl_targets": [1.0, 3.0, 6.0], "sft_steps": 150, "pairs": 512,
-                "steps": 40, "save_every": 10, "eval_prompts": 96},
-    "large": {"betas": [0.05, 0.1, 0.3, 1.0], "kl_targets": [1.0, 2.0, 4.0, 8.0], "sft_steps": 300, "pairs": 2048,
-              "steps": 120, "save_every": 20, "eval_prompts": 256},
+    "tiny": {"betas": [0.1], "kl_targets": [2.0], "kl_horizon": 64, "sft_steps": 20, "pairs": 64, "dpo_lr": 5e-4,
+             "steps": 4, "save_every": 2, "eval_prompts": 16},
+    "default": {"betas": [0.05, 0.1, 0.5], "kl_targets": [1.0, 3.0, 6.0], "kl_horizon": 64, "sft_steps": 150,
+                "pairs": 1024, "dpo_lr": 1e-4, "steps": 60, "save_every": 15, "eval_prompts": 128},
+    "large": {"betas": [0.05, 0.1, 0.3, 1.0], "kl_targets": [1.0, 2.0, 4.0, 8.0], "kl_horizon": 64, "sft_steps": 300,
+              "pairs": 2048, "dpo_lr": 1e-4, "steps": 120, "save_every": 20, "eval_prompts": 256},
 }
 
 
@@ -40,7 +40,8 @@ def train_dpo(ctx: Context, data, sft_path, beta: float):
     s, out = ctx.settings, ctx.work / f"dpo-{beta:g}"
     preference.main(preference.PreferenceConfig(
         model=ModelConfig(path=str(sft_path)), data=DataConfig(dataset=str(data), max_length=64, eval_fraction=0.0),
-        optim=OptimConfig(lr=5e-4, batch_size=16, max_steps=s["steps"], warmup_steps=2),
+        optim=OptimConfig(lr=s["dpo_lr"], batch_size=16, max_steps=s["steps"],
+                          warmup_steps=min(5, s["steps"] // 2)),
         log=LogConfig(output_dir=str(out), save_every=s["save_every"], keep_checkpoints=0, tensorboard=False,
                       progress=ctx.progress),
         pref=preference.PreferenceOptions(loss="dpo", beta=beta), seed=ctx.seed))
@@ -76,7 +77,8 @@ def run(ctx: Context) -> Outcome:
             points["dpo"].append({**p, "beta": beta})
     for target in s["kl_targets"]:
         out = train_ppo(ctx.work / f"ppo-{target:g}", sft_path, [GOLD], steps=s["steps"], save_every=s["save_every"],
-                        seed=ctx.seed, progress=ctx.progress, kl_coef=0.05, kl_target=target)
+                        seed=ctx.seed, progress=ctx.progress, kl_coef=0.05, kl_target=target,
+                        kl_horizon=s["kl_horizon"])
         points["ppo"] += [{**p, "kl_target": target} for p in checkpoint_curve(out, sft, tokenizer, **kw)]
     share = dominated_share(points["dpo"], points["ppo"])
     plots = [scatter_plot(ctx.out / "frontier.png", {m: ([p["kl"] for p in v], [p["gold"] for p in v])
