@@ -27,11 +27,12 @@ PAPER = ("Bai et al. 2022, Training a Helpful and Harmless Assistant with RLHF (
          "Fig. 13")
 CLAIM = "During RLHF the PM score is approximately linear in sqrt(KL(policy || initial policy))."
 SCALES = {
-    "tiny": {"sft_steps": 20, "pairs": 64, "rm_epochs": 1, "ppo_steps": 4, "save_every": 2, "eval_prompts": 16},
-    "default": {"sft_steps": 150, "pairs": 1024, "rm_epochs": 2, "ppo_steps": 60, "save_every": 6,
-                "eval_prompts": 96},
-    "large": {"sft_steps": 300, "pairs": 4096, "rm_epochs": 2, "ppo_steps": 200, "save_every": 10,
-              "eval_prompts": 256},
+    "tiny": {"sft_steps": 20, "pairs": 64, "rm_epochs": 1, "rm_batch": 16, "rm_warmup": 0, "ppo_steps": 4,
+             "save_every": 2, "eval_prompts": 16},
+    "default": {"sft_steps": 150, "pairs": 1024, "rm_epochs": 4, "rm_batch": 32, "rm_warmup": 5, "ppo_steps": 60,
+                "save_every": 6, "eval_prompts": 96},
+    "large": {"sft_steps": 300, "pairs": 4096, "rm_epochs": 4, "rm_batch": 32, "rm_warmup": 5, "ppo_steps": 200,
+              "save_every": 10, "eval_prompts": 256},
 }
 
 
@@ -41,7 +42,7 @@ def run(ctx: Context) -> Outcome:
     files = pair_files(ctx.work / "pairs", sft_path, train=s["pairs"], held_out=0, seed=ctx.seed,
                        labeler_temperature=0.05)
     rm = train_rm(ctx.work / "rm", files["train"][0.0], policy=sft_path, rows=None, epochs=s["rm_epochs"],
-                  batch=16, seed=ctx.seed, progress=ctx.progress)
+                  batch=s["rm_batch"], warmup_steps=s["rm_warmup"], seed=ctx.seed, progress=ctx.progress)
     out = train_ppo(ctx.work / "ppo", sft_path, [f"rm:{rm}"], steps=s["ppo_steps"], save_every=s["save_every"],
                     seed=ctx.seed, progress=ctx.progress, critic_path=rm)
     sft, tokenizer = load_model(str(sft_path)), load_tokenizer(str(sft_path))
