@@ -74,10 +74,6 @@ def child(a) -> None:
             return int(out[:, enc["input_ids"].shape[1]:].numel())
 
     run(batches[0], 0)  # warm-up
-    prof = None
-    if a.profile:
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-        prof.start()
     t0, c0, tokens, per_call = time.perf_counter(), time.process_time(), 0, []
     for k, prompts in enumerate(batches[1:], 1):
         s = time.perf_counter()
@@ -87,12 +83,13 @@ def child(a) -> None:
     result = {"lib": a.lib, "model": a.model, "batch_size": a.batch_size, "new_tokens": n_new, "calls": a.calls,
               "tokens": tokens, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
               "call_seconds": per_call, "peak_rss_mb": round(common.peak_rss_mb(), 1)}
-    if prof is not None:
-        prof.stop()
+    if a.profile:  # one more call, profiled, after the timed ones (which the profiler would slow)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            run(batches[1], 1)
         path = Path(a.out).with_suffix(".profile.txt")
-        result["breakdown_ms_per_step"] = parts = breakdown(prof.events(), a.calls * n_new)
-        path.write_text(f"torch.profiler over {a.calls} generate calls of {a.batch_size} x {n_new} tokens "
-                        "(profiler overhead included: timings not comparable)\n\n## ms per token step by phase and "
+        result["breakdown_ms_per_step"] = parts = breakdown(prof.events(), n_new)
+        path.write_text(f"torch.profiler over one generate call of {a.batch_size} x {n_new} tokens "
+                        "(wall clock, profiler overhead included)\n\n## ms per token step by phase and "
                         "op kind\n" + "\n".join(f"{k:40s} {v:8.2f}" for k, v in parts.items())
                         + "\n\n## by self CPU time\n"
                         + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
@@ -275,8 +272,8 @@ def parse_args(argv=None):
                     help="before each run, wait up to this long for other processes to go quiet")
     ap.add_argument("--max-load", type=float, default=0.15, metavar="CORES", help="what --wait-idle calls quiet")
     ap.add_argument("--profile", action="store_true",
-                    help="torch.profiler over the timed calls (slows them): ms per step by phase and op kind, and "
-                         "op tables, in results/logs/*.profile.txt")
+                    help="torch.profiler over one more call after the timed ones: ms per step by phase and op "
+                         "kind, and op tables, in results/logs/*.profile.txt")
     ap.add_argument("--name", default="", help="results/<name>.{json,md} (default generate, with --profile "
                     "generate-profile: profiled timings never overwrite the plain results)")
     ap.add_argument("--note", default="", help="a sentence added to the markdown (e.g. the machine's state)")
