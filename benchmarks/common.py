@@ -321,6 +321,16 @@ def matmul_peak(dtype_name: str, *, repeats: int = 5, seconds: float = 0.25) -> 
             "per_shape_gflops_cpu": cpu, "peak_gflops_cpu": max(cpu.values())}
 
 
+def counted_gflop(fn) -> float:
+    """GFLOP that `fn()` spends in the ops torch's FlopCounterMode counts: every matmul (mm, addmm, bmm) in forward
+    and backward; the CPU flash-attention kernel is not counted (a few % of these models' work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 # ---------------------------------------------------------------- the parent side
 
 

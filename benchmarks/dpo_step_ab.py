@@ -16,6 +16,9 @@ variant's is taken per round (both saw the same load then) and the median over r
   `clip_grad_norm_` + the recipe's optimizer step, on `collate_features` of the same tokenized pairs (TRL's
   prompt/chosen/rejected ids), with a frozen-copy reference ("live") or a table ("precomputed"), in shared-prompt
   rows (`alignlab`) or 2B separate rows (`alignlab-unshared`).
+After the timed rounds each variant runs one more round under torch's FlopCounterMode: `gflop_per_round` is the
+matmul work it does (forward + backward), `gflop_per_cpu_s` that over its median round time (its achieved rate;
+one thread of this machine peaks near 156 GFLOP/s fp32).
 Writes benchmarks/results/dpo_step_ab.json.
 """
 
@@ -133,7 +136,13 @@ def measure(name: str, refs: list[str], variants: list[str], rounds: int, n_batc
         print(f"  {name} round {k + 1}/{rounds}: " + "  ".join(f"{v}/{r} {t[-1]:.2f}s" for (v, r), t in times.items()),
               flush=True)
     out = {"model": name, "pairs_per_batch": batch_size, "batches": n_batches, "rounds": rounds,
-           "cpu_s": {f"{v}/{r}": t for (v, r), t in times.items()}, "speedup_vs_trl": {}}
+           "cpu_s": {f"{v}/{r}": t for (v, r), t in times.items()}, "speedup_vs_trl": {},
+           "gflop_per_round": {}, "gflop_per_cpu_s": {}}
+    for (v, r), t in times.items():  # one more round, untimed, under the FLOP counter: the work each side does
+        gflop = common.counted_gflop(lambda v=v, r=r: [steps[v]([dataset[i] if v == "trl" else feats[i]
+                                                                 for i in idx], r) for idx in batches])
+        out["gflop_per_round"][f"{v}/{r}"] = gflop
+        out["gflop_per_cpu_s"][f"{v}/{r}"] = gflop / statistics.median(t)
     for (v, r), t in times.items():
         if v != "trl" and ("trl", r) in times:
             ratios = [a / b for a, b in zip(times[("trl", r)], t)]
@@ -160,6 +169,9 @@ def main() -> None:
         results.append(r)
         for key, s in r["speedup_vs_trl"].items():
             print(f"{name:5s} {key:32s} {s['median']:.2f}x TRL (rounds: {s['min']:.2f}-{s['max']:.2f})", flush=True)
+        for key, g in r["gflop_per_round"].items():
+            print(f"{name:5s} {key:32s} {g:7.1f} GFLOP/round  {r['gflop_per_cpu_s'][key]:6.1f} GFLOP per CPU s",
+                  flush=True)
     Path(a.out).write_text(json.dumps({"machine": common.machine_info(1), "loadavg": [load_before,
                                                                                       os.getloadavg()[0]],
                                        "results": results}, indent=1))

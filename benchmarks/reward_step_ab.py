@@ -14,6 +14,8 @@ process's CPU clock with one thread; the per-round ratio TRL / variant is report
 - alignlab: the `rm` recipe's step 4-5 for `bradley_terry` (collate, forward + loss `recipes.reward._bt`, backward,
   `step_stats`) + `clip_grad_norm_` + the recipe's optimizer step, on alignlab's tokenization of the same rows, in
   shared-prompt rows (`alignlab`, the default) or 2B separate rows (`alignlab-unshared`).
+After the timed rounds each variant runs one more round under torch's FlopCounterMode (`gflop_per_round`: its
+matmul work; `gflop_per_cpu_s`: that over its median round time).
 Writes benchmarks/results/reward_step_ab.json.
 """
 
@@ -131,7 +133,10 @@ def measure(name: str, variants: list[str], rounds: int, n_batches: int) -> dict
         print(f"  {name} round {k + 1}/{rounds}: " + "  ".join(f"{v} {t[-1]:.2f}s" for v, t in times.items()),
               flush=True)
     out = {"model": name, "pairs_per_batch": batch_size, "batches": n_batches, "rounds": rounds, "cpu_s": times,
-           "speedup_vs_trl": {}}
+           "speedup_vs_trl": {}, "gflop_per_round": {}, "gflop_per_cpu_s": {}}
+    for v, step in steps.items():  # one more round, untimed, under the FLOP counter: the work each side does
+        out["gflop_per_round"][v] = common.counted_gflop(lambda step=step: [step(idx) for idx in batches])
+        out["gflop_per_cpu_s"][v] = out["gflop_per_round"][v] / statistics.median(times[v])
     for v, t in times.items():
         if v != "trl" and "trl" in times:
             ratios = [a / b for a, b in zip(times["trl"], t)]
@@ -156,6 +161,9 @@ def main() -> None:
         results.append(r)
         for key, s in r["speedup_vs_trl"].items():
             print(f"{name:5s} {key:20s} {s['median']:.2f}x TRL (rounds: {s['min']:.2f}-{s['max']:.2f})", flush=True)
+        for key, g in r["gflop_per_round"].items():
+            print(f"{name:5s} {key:20s} {g:7.1f} GFLOP/round  {r['gflop_per_cpu_s'][key]:6.1f} GFLOP per CPU s",
+                  flush=True)
     Path(a.out).write_text(json.dumps({"machine": common.machine_info(1), "loadavg": [load_before,
                                                                                       os.getloadavg()[0]],
                                        "results": results}, indent=1))
