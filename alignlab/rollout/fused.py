@@ -4,9 +4,11 @@ The same arithmetic as the transformers modules (RMSNorm in float32, rotary embe
 `rotary_emb`, so every rope scaling type is covered, grouped-query SDPA, SiLU-gated MLP), written as a few
 tensor ops per layer on packed weights and none of the module-call, mask-building and output-capturing machinery
 of a transformers forward. On CPU a decode step of a few rows is bound by reading the weights from memory, so
-the weights are packed in oneDNN's blocked layout (`pack_linear`: ~1.4x faster products at 8-32 rows than MKL on
-any plain layout, docs/rollout.md) and the residual adds, SiLU and gating multiply run as post-ops inside the
-matmuls; q|k|v stay one matmul. Elsewhere (no oneDNN, other devices) weights are stored transposed (in, out).
+when the linear weights of a float32 CPU model exceed `ONEDNN_MIN_BYTES` (so they stream from memory each step)
+they are packed in oneDNN's blocked layout (`pack_linear`: ~1.4x faster products at 8 rows than MKL on any
+plain layout, docs/rollout.md) and the residual adds, SiLU and gating multiply run as post-ops inside the
+matmuls. Otherwise (small models whose weights stay in cache, no oneDNN, other devices) the weights are stored
+transposed (in, out) for plain MKL products, gate|up as one matrix. q|k|v are always one matrix.
 Prefill still runs the model's own forward.
 
 The packed weights are a copy made at the start of each `generate` call and dropped at its end (the policy
@@ -18,12 +20,17 @@ forward.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+# oneDNN's blocked layout pays off only when the weights stream from memory each step; when they stay in cache
+# (tiny models), its ~20 us per call overhead makes plain MKL faster (docs/rollout.md, performance)
+ONEDNN_MIN_BYTES = 32 * 2**20
 
 
 def fused_unsupported_reason(model: nn.Module) -> str | None:
@@ -50,11 +57,12 @@ def fused_unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def pack_linear(weight: Tensor) -> tuple[Tensor, bool]:
-    """`weight` (out, in) packed for few-row products: oneDNN's blocked layout for float32 CPU weights (x @ W^T
-    reads the weight ~1.4x faster than MKL with any plain layout at 8-32 rows, where decoding is bound by memory
-    traffic), else the transpose (in, out) contiguous. Returns (packed, is_onednn)."""
-    if weight.device.type == "cpu" and weight.dtype == torch.float32 and ONEDNN:
+def pack_linear(weight: Tensor, onednn: bool) -> tuple[Tensor, bool]:
+    """`weight` (out, in) packed for few-row products: with `onednn` (float32 CPU weights only), oneDNN's blocked
+    layout (x @ W^T then reads the weight ~1.4x faster than MKL with any plain layout at 8 rows, where decoding a
+    model too big for the caches is bound by memory traffic), else the transpose (in, out), contiguous.
+    Returns (packed, is_onednn)."""
+    if onednn and weight.device.type == "cpu" and weight.dtype == torch.float32:
         try:
             return torch.ops.mkldnn._reorder_linear_weight(weight.detach()), True
         except RuntimeError:  # a build without oneDNN kernels for this shape/ISA: the plain layout below
@@ -85,19 +93,25 @@ class FusedDecoder:
         cfg, first = model.config, model.model.layers[0].self_attn
         self.head_dim = first.head_dim
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        linears = [m for layer in model.model.layers for m in layer.modules() if isinstance(m, nn.Linear)]
+        size = sum(m.weight.numel() * m.weight.element_size() for m in linears + [model.lm_head])
+        weight = model.lm_head.weight
+        self.onednn = ONEDNN and weight.device.type == "cpu" and weight.dtype == torch.float32 and (
+            size >= ONEDNN_MIN_BYTES)
+        pack = functools.partial(pack_linear, onednn=self.onednn)
         self.layers = []
         with torch.no_grad():
             for layer in model.model.layers:
                 attn, mlp = layer.self_attn, layer.mlp
                 qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
                 bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv])
-                self.layers.append((
-                    layer.input_layernorm, pack_linear(torch.cat([m.weight for m in qkv])), bias,
-                    pack_linear(attn.o_proj.weight), layer.post_attention_layernorm,
-                    pack_linear(mlp.gate_proj.weight), pack_linear(mlp.up_proj.weight),
-                    pack_linear(mlp.down_proj.weight),
-                ))
-            self.head = pack_linear(model.lm_head.weight)  # (V, H) packed
+                # oneDNN: gate and up apart (SiLU and the product run as post-ops); plain: gate|up in one matmul
+                w_mlp = ((pack(mlp.gate_proj.weight), pack(mlp.up_proj.weight)) if self.onednn else
+                         (pack(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),))
+                self.layers.append((layer.input_layernorm, pack(torch.cat([m.weight for m in qkv])), bias,
+                                    pack(attn.o_proj.weight), layer.post_attention_layernorm, w_mlp,
+                                    pack(mlp.down_proj.weight)))
+            self.head = pack(model.lm_head.weight)  # (V, H) packed
 
     @staticmethod
     def _rms(norm: nn.Module, x: Tensor) -> Tensor:
@@ -115,7 +129,7 @@ class FusedDecoder:
         x = inner.embed_tokens(tokens)  # (A, H)
         cos, sin = inner.rotary_emb(x, positions)  # (A, 1, D) each
         cos, sin, half = cos[:, None], sin[:, None], dim // 2
-        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gate, w_up, w_down) in enumerate(self.layers):
+        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_mlp, w_down) in enumerate(self.layers):
             qkv = linear(self._rms(norm1, x), w_qkv, b_qkv).view(rows, n_q + 2 * n_kv, 1, dim)  # (A, heads, 1, D)
             qk, v = qkv.split([n_q + n_kv, n_kv], dim=1)
             # rotary embedding of q and k in one go: x * cos + rotate_half(x) * sin
@@ -127,6 +141,10 @@ class FusedDecoder:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # (A, Hkv, G, D)
             x = linear(out.reshape(rows, n_q * dim), w_o, post="add", other=x)  # x + attention output
             h = self._rms(norm2, x)
-            act = linear(h, w_up, post="mul", other=linear(h, w_gate, post="swish"))  # silu(h W_g^T) * (h W_u^T)
+            if len(w_mlp) == 2:  # silu(h W_g^T) * (h W_u^T) with post-ops
+                act = linear(h, w_mlp[1], post="mul", other=linear(h, w_mlp[0], post="swish"))
+            else:
+                gate, up = linear(h, w_mlp[0]).chunk(2, dim=-1)
+                act = F.silu(gate) * up
             x = linear(act, w_down, post="add", other=x)
         return linear(self._rms(inner.norm, x), self.head)  # (A, V)

@@ -55,13 +55,21 @@ def test_greedy_matches_hf_generate(eos_model, tiny_tokenizer, fused, monkeypatc
     torch.testing.assert_close(ours.logprobs, ref.logprobs, atol=1e-5, rtol=0)
 
 
-def test_fused_plain_layout_matches_hf_generate(eos_model, tiny_tokenizer, monkeypatch):
-    """Without oneDNN (other builds, other devices) the fused step keeps transposed plain weights and applies the
-    post-ops (residual add, SiLU, gating) itself: still token-identical to HF greedy, same log-probs."""
+@pytest.mark.parametrize("layout", ["plain", "onednn"])
+def test_fused_weight_layouts_match_hf_generate(eos_model, tiny_tokenizer, layout, monkeypatch):
+    """Both weight layouts of the fused step: plain MKL (models whose weights stay in cache, builds without oneDNN)
+    and oneDNN-packed with post-ops (big float32 models on CPU; forced here by lowering the size threshold):
+    token-identical to HF greedy, same log-probs."""
     from alignlab.rollout import fused
 
-    monkeypatch.setattr(fused, "ONEDNN", False)
-    assert fused.pack_linear(eos_model.lm_head.weight)[1] is False
+    if layout == "plain":
+        monkeypatch.setattr(fused, "ONEDNN", False)
+    else:
+        if not fused.ONEDNN:
+            pytest.skip("this torch build has no oneDNN")
+        monkeypatch.setattr(fused, "ONEDNN_MIN_BYTES", 0)
+    decoder = fused.FusedDecoder(eos_model)
+    assert decoder.onednn == (layout == "onednn") and len(decoder.layers[0][5]) == (2 if decoder.onednn else 1)
     sampling = Sampling(max_new_tokens=24, temperature=0)
     ours = NativeEngine(eos_model, tiny_tokenizer, batch_size=3, fused=True).generate(PROMPTS, 2, sampling)
     ref = HFEngine(eos_model, tiny_tokenizer).generate(PROMPTS, 2, sampling)
