@@ -51,6 +51,7 @@ def results_stem(name: str, precision: str) -> str:
 GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def cache_dir() -> Path:

@@ -5,6 +5,7 @@ Run (from the repository root):
     python benchmarks/reward_step_ab.py                               # tiny, 8 pairs per batch
     python benchmarks/reward_step_ab.py --models small --rounds 3 --batches 2
     python benchmarks/reward_step_ab.py --variants alignlab,alignlab-unshared
+    python benchmarks/reward_step_ab.py --models small --precision bf16   # bf16 autocast on both sides
 
 A diagnostic next to benchmarks/reward.py, not a replacement (the same method as benchmarks/dpo_step_ab.py):
 every round runs each variant on `--batches` random batches (no length grouping) and times the steps on this
@@ -40,7 +41,7 @@ BATCH = {"tiny": 8, "small": 4}
 VARIANTS = ("trl", "alignlab", "alignlab-unshared")
 
 
-def trl_side(path: Path, rows: list[dict], batch_size: int):
+def trl_side(path: Path, rows: list[dict], batch_size: int, precision: str = "fp32"):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -51,9 +52,9 @@ def trl_side(path: Path, rows: list[dict], batch_size: int):
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(output_dir=tempfile.mkdtemp(prefix="bench-rm-ab-"), max_steps=10**6,
                         per_device_train_batch_size=batch_size, learning_rate=LR, lr_scheduler_type="constant",
-                        weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False, gradient_checkpointing=False,
-                        activation_checkpointing=False, max_length=MAX_LENGTH, report_to=[], save_strategy="no",
-                        logging_steps=10**6, disable_tqdm=True, use_cpu=True, seed=0)
+                        weight_decay=0.0, max_grad_norm=1.0, bf16=precision == "bf16", fp16=False,
+                        gradient_checkpointing=False, activation_checkpointing=False, max_length=MAX_LENGTH,
+                        report_to=[], save_strategy="no", logging_steps=10**6, disable_tqdm=True, use_cpu=True, seed=0)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
     trainer.current_gradient_accumulation_steps = 1
@@ -69,7 +70,7 @@ def trl_side(path: Path, rows: list[dict], batch_size: int):
     return len(dataset), step
 
 
-def alignlab_side(path: Path, data: Path, batch_size: int, shared: bool):
+def alignlab_side(path: Path, data: Path, batch_size: int, shared: bool, precision: str = "fp32"):
     import torch
 
     from alignlab.config import DataConfig, ModelConfig, OptimConfig
@@ -96,7 +97,8 @@ def alignlab_side(path: Path, data: Path, batch_size: int, shared: bool):
 
     def step(idx: list[int]) -> None:
         micro = collate([feats[i] for i in idx], tokenizer.pad_token_id)
-        losses, correct, margins, scores = reward._bt(model, micro, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):  # the recipe's autocast
+            losses, correct, margins, scores = reward._bt(model, micro, cfg)
         loss = losses.sum() / len(idx)
         loss.backward()
         step_stats(loss.detach(), [correct], [margins.detach()], [scores.detach()])
@@ -107,14 +109,14 @@ def alignlab_side(path: Path, data: Path, batch_size: int, shared: bool):
     return len(feats), step
 
 
-def measure(name: str, variants: list[str], rounds: int, n_batches: int) -> dict:
+def measure(name: str, variants: list[str], rounds: int, n_batches: int, precision: str = "fp32") -> dict:
     path, batch_size = common.model_dir(name), BATCH[name]
     data = pair_dataset(1024)
     rows = [json.loads(line) for line in data.open()]
     steps, sizes = {}, set()
     for v in variants:
-        n, steps[v] = (trl_side(path, rows, batch_size) if v == "trl" else
-                       alignlab_side(path, data, batch_size, shared=v == "alignlab"))
+        n, steps[v] = (trl_side(path, rows, batch_size, precision) if v == "trl" else
+                       alignlab_side(path, data, batch_size, shared=v == "alignlab", precision=precision))
         sizes.add(n)
     if len(sizes) != 1:
         raise RuntimeError(f"the libraries kept different numbers of pairs: {sizes}")
@@ -132,7 +134,8 @@ def measure(name: str, variants: list[str], rounds: int, n_batches: int) -> dict
             times[v].append(time.process_time() - c0)
         print(f"  {name} round {k + 1}/{rounds}: " + "  ".join(f"{v} {t[-1]:.2f}s" for v, t in times.items()),
               flush=True)
-    out = {"model": name, "pairs_per_batch": batch_size, "batches": n_batches, "rounds": rounds, "cpu_s": times,
+    out = {"model": name, "precision": precision, "pairs_per_batch": batch_size, "batches": n_batches,
+           "rounds": rounds, "cpu_s": times,
            "speedup_vs_trl": {}, "gflop_per_round": {}, "gflop_per_cpu_s": {}}
     for v, step in steps.items():  # one more round, untimed, under the FLOP counter: the work each side does
         out["gflop_per_round"][v] = common.counted_gflop(lambda step=step: [step(idx) for idx in batches])
@@ -150,21 +153,24 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {','.join(VARIANTS)}")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batches", type=int, default=3, help="distinct random batches per round")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "reward_step_ab.json"))
+    ap.add_argument("--precision", choices=common.PRECISIONS, default="fp32",
+                    help="fp32, or bf16 autocast on both sides (default output: results/reward_step_ab-bf16.json)")
+    ap.add_argument("--out", default=None, help="default: results/reward_step_ab.json (-bf16 with --precision bf16)")
     a = ap.parse_args()
     common.setup_threads(1)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     load_before = os.getloadavg()[0]
     results = []
     for name in a.models.split(","):
-        r = measure(name, a.variants.split(","), a.rounds, a.batches)
+        r = measure(name, a.variants.split(","), a.rounds, a.batches, a.precision)
         results.append(r)
         for key, s in r["speedup_vs_trl"].items():
             print(f"{name:5s} {key:20s} {s['median']:.2f}x TRL (rounds: {s['min']:.2f}-{s['max']:.2f})", flush=True)
         for key, g in r["gflop_per_round"].items():
             print(f"{name:5s} {key:20s} {g:7.1f} GFLOP/round  {r['gflop_per_cpu_s'][key]:6.1f} GFLOP per CPU s",
                   flush=True)
-    Path(a.out).write_text(json.dumps({"machine": common.machine_info(1), "loadavg": [load_before,
+    out = a.out or common.RESULTS / f"{common.results_stem('reward_step_ab', a.precision)}.json"
+    Path(out).write_text(json.dumps({"machine": common.machine_info(1), "loadavg": [load_before,
                                                                                       os.getloadavg()[0]],
                                        "results": results}, indent=1))
 
