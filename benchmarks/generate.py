@@ -59,6 +59,9 @@ def child(a) -> None:
     batches = [rows[i * a.batch_size:(i + 1) * a.batch_size] for i in range(a.calls + 1)]
     n_new = a.new_tokens
     if a.lib == "native":
+        if a.onednn == "off":  # A/B of the fused step's weight layout: plain MKL products only
+            from alignlab.rollout import fused
+            fused.ONEDNN = False
         engine = NativeEngine(model, tok, batch_size=a.batch_size)
         sampling = Sampling(max_new_tokens=n_new, min_new_tokens=n_new, temperature=1.0)
 
@@ -231,7 +234,8 @@ def parent(a) -> None:
         argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model", m, "--model-dir",
                 str(model_dirs[m]), "--data", str(data), "--batch-size", str(b), "--calls", str(a.calls),
                 "--new-tokens", str(a.new_tokens), "--threads", str(a.threads), "--out", str(log_dir / f"{stem}.json"),
-                "--progress-file", str(log_dir / "progress")] + (["--profile"] if a.profile else [])
+                "--progress-file", str(log_dir / "progress"), "--onednn", a.onednn]
+        argv += ["--profile"] if a.profile else []
         if a.wait_idle:
             common.wait_idle(a.wait_idle, a.max_load)
         res = common.run_child(argv, env=env, log_path=log_dir / f"{stem}.log", label=label)
@@ -246,7 +250,8 @@ def parent(a) -> None:
                 "calls": a.calls, "new_tokens": a.new_tokens, "clock": a.clock, "note": a.note,
                 "loadavg": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else
-                                                         ", no allocator tunables")}
+                                                         ", no allocator tunables")
+                + ("" if a.onednn == "auto" else ", native decode weights plain (--onednn off)")}
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
     name = a.name or ("generate-profile" if a.profile else "generate")
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
@@ -274,6 +279,8 @@ def parse_args(argv=None):
     ap.add_argument("--profile", action="store_true",
                     help="torch.profiler over one more call after the timed ones: ms per step by phase and op "
                          "kind, and op tables, in results/logs/*.profile.txt")
+    ap.add_argument("--onednn", choices=("auto", "off"), default="auto",
+                    help="native: oneDNN-packed decode weights for big float32 models (auto), or plain MKL (off)")
     ap.add_argument("--name", default="", help="results/<name>.{json,md} (default generate, with --profile "
                     "generate-profile: profiled timings never overwrite the plain results)")
     ap.add_argument("--note", default="", help="a sentence added to the markdown (e.g. the machine's state)")
