@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from alignlab.models.load import is_lora
 from alignlab.models.logprobs import pair_logprobs
 
 log = logging.getLogger("alignlab")
@@ -79,6 +80,16 @@ class LiveReference:
                 return pair_logprobs(self.model, batch).seq_logprobs
         finally:
             self.model.train(was_training)
+
+
+def policy_reference(policy: nn.Module, *, autocast: Callable[[], contextlib.AbstractContextManager]
+                     = contextlib.nullcontext, device: torch.device | str | None = None) -> LiveReference:
+    """The live reference of a policy about to be trained: its LoRA base (adapters off, no second copy) when it
+    is a peft model, else a frozen copy (moved to `device` if given)."""
+    if is_lora(policy):
+        return LiveReference(policy, adapters_off=True, autocast=autocast)
+    ref = frozen_copy(policy)
+    return LiveReference(ref if device is None else ref.to(device), autocast=autocast)
 
 
 class PrecomputedReference:

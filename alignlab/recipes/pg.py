@@ -43,8 +43,7 @@ from alignlab.errors import ConfigError
 from alignlab.losses import aggregate
 from alignlab.losses.pg import approx_kl, clipped_policy_loss, kl_estimate, truncated_is_weights
 from alignlab.models import compute_logprobs, load_tokenizer, model_from_config, save_model
-from alignlab.models.load import is_lora
-from alignlab.models.reference import LiveReference, frozen_copy
+from alignlab.models.reference import LiveReference, policy_reference
 from alignlab.models.value import disable_dropout
 from alignlab.rewards import RewardSourceConfig, build_reward
 from alignlab.rollout import make_engine
@@ -225,8 +224,7 @@ def make_reference(model, s: PGOptions, autocast) -> LiveReference | None:
     """The reference policy when there is a KL term: the LoRA base (adapters off) or a frozen copy."""
     if s.kl_in == "none":
         return None
-    lora = is_lora(model)
-    return LiveReference(model if lora else frozen_copy(model), adapters_off=lora, autocast=autocast)
+    return policy_reference(model, autocast=autocast)
 
 
 def sample_step(cfg: PGConfig, s: PGOptions, engine, reward, prompts, order: PromptSampler, step: int, *,

@@ -40,7 +40,7 @@ from alignlab.errors import ConfigError
 from alignlab.losses import aggregate
 from alignlab.losses.pg import approx_kl, clipped_policy_loss, clipped_value_loss, entropy_loss, kl_estimate, ptx_loss
 from alignlab.models import compute_logprobs, load_tokenizer, model_from_config, save_model
-from alignlab.models.reference import LiveReference, frozen_copy
+from alignlab.models.reference import policy_reference
 from alignlab.models.value import disable_dropout, logprobs_and_values, rollout_values, save_value_model
 from alignlab.recipes.ppo_parts import PtxBatches, RunningMoments, build_critic
 from alignlab.rewards import RewardSourceConfig, build_reward
@@ -305,10 +305,7 @@ def setup_models(cfg: PPOConfig, tokenizer, accelerator):
     """Policy, frozen reference, critic (model or head), their optimizers/schedulers (prepared), and the
     rollout engine sampling from the policy."""
     policy = disable_dropout(model_from_config(cfg.model, tokenizer=tokenizer))
-    if cfg.model.lora_r > 0:  # the LoRA base (adapters off) is the reference: no second copy
-        reference = LiveReference(policy, adapters_off=True, autocast=accelerator.autocast)
-    else:
-        reference = LiveReference(frozen_copy(policy).to(accelerator.device), autocast=accelerator.autocast)
+    reference = policy_reference(policy, autocast=accelerator.autocast, device=accelerator.device)
     critic, head = build_critic(cfg, policy, tokenizer)
     value_module = disable_dropout(critic if critic is not None else head)
     policy_opt = make_optimizer(policy, cfg.optim)
