@@ -58,6 +58,8 @@ def trl_side(path: Path, rows: list[dict], batch_size: int, precision: str = "fp
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
     trainer.current_gradient_accumulation_steps = 1
+    if precision == "bf16":  # as trainer.train() does: accelerate wraps the model's forward in autocast
+        model = trainer.accelerator.prepare_model(model)
     model.train()
     dataset = trainer.train_dataset
 
