@@ -155,6 +155,9 @@ class RolloutConfig:
     backend: Literal["auto", "native", "hf", "vllm"] = "auto"
     """Generation engine: `native` (alignlab's decode loop), `hf` (transformers generate), `vllm` (GPU, optional),
     `auto` (native when the model supports it, else hf); see docs/rollout.md."""
+    dtype: Literal["auto", "bf16"] = "auto"
+    """Rollout precision: `auto` = the model's dtype; `bf16` = sample from bfloat16 copies of the weights (made per
+    step; ~2x faster decode on CPU, AMX); training stays in the model's dtype, `pg.tis_cap` corrects the mismatch."""
     max_prompt_length: int = 256
     """Longest prompt in tokens; longer prompts keep their end (and are counted in the log)."""
     sample_every: int = 10
@@ -173,6 +176,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.top_k must be >= 0, got {self.top_k}")
         if self.sample_every < 0:
             raise ConfigError(f"rollout.sample_every must be >= 0, got {self.sample_every}")
+        if self.dtype not in ("auto", "bf16"):
+            raise ConfigError(f"rollout.dtype must be auto or bf16, got {self.dtype!r}")
 
 
 # ---------------------------------------------------------------- loading

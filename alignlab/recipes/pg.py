@@ -360,7 +360,7 @@ def setup(cfg: PGConfig, s: PGOptions) -> SimpleNamespace:
     scheduler = make_scheduler(optimizer, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     reference = make_reference(unwrap(accelerator, model), s, accelerator.autocast)  # before any resume
-    engine = make_engine(unwrap(accelerator, model), tokenizer, backend=cfg.rollout.backend)
+    engine = make_engine(unwrap(accelerator, model), tokenizer, backend=cfg.rollout.backend, dtype=cfg.rollout.dtype)
     return SimpleNamespace(accelerator=accelerator, run=run, ckpt=ckpt, tokenizer=tokenizer, reward=reward,
                            prompts=prompts.subset(train_idx), held=prompts.subset(eval_idx), model=model,
                            optimizer=optimizer, scheduler=scheduler, reference=reference, engine=engine)

@@ -316,7 +316,7 @@ def setup_models(cfg: PPOConfig, tokenizer, accelerator):
     schedulers = [make_scheduler(policy_opt, policy_steps), make_scheduler(critic_opt, critic_optim)]
     policy, policy_opt, value_module, critic_opt = accelerator.prepare(policy, policy_opt, value_module, critic_opt)
     critic, head = (value_module, None) if critic is not None else (None, value_module)
-    engine = make_engine(unwrap(accelerator, policy), tokenizer, backend=cfg.rollout.backend)
+    engine = make_engine(unwrap(accelerator, policy), tokenizer, backend=cfg.rollout.backend, dtype=cfg.rollout.dtype)
     return policy, reference, critic, head, {"policy": policy_opt, "critic": critic_opt}, schedulers, engine
 
 

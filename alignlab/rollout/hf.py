@@ -1,6 +1,8 @@
 """The reference engine: batched `transformers` `generate` with KV cache, stopping each sequence at EOS.
 
 Sampler log-probs come from `generate`'s raw (unprocessed) logits: log_softmax(logits / T) at each generated token.
+With `dtype="bf16"`, `generate` runs on bfloat16 copies of the weights made per call (`rollout.precision`), and the
+log-probs are the bfloat16 model's (logits upcast to float32 first).
 """
 
 from __future__ import annotations
@@ -8,13 +10,15 @@ from __future__ import annotations
 import torch
 
 from alignlab.rollout.base import Rollouts, Sampling, assemble_rollouts, check_request
+from alignlab.rollout.precision import rollout_dtype, rollout_weights
 
 
 class HFEngine:
     """Generate with `model.generate`. Prompts are plain text (already rendered with any chat template)."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, dtype: str = "auto"):
+        rollout_dtype(dtype)  # validates the name
+        self.model, self.tokenizer, self.batch_size, self.dtype = model, tokenizer, batch_size, dtype
 
     def sync_weights(self, model) -> None:
         self.model = model
@@ -44,14 +48,15 @@ class HFEngine:
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(
-                input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens or None,
-                do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None if greedy else sampling.top_k,  # 0 = off (explicit: a checkpoint may default to 50)
-                pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True, return_dict_in_generate=True,
-            )
+            with rollout_weights(model, self.dtype):
+                out = model.generate(
+                    input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                    max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens or None,
+                    do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+                    top_p=None if greedy else sampling.top_p,
+                    top_k=None if greedy else sampling.top_k,  # 0 = off (explicit: a checkpoint may default to 50)
+                    pad_token_id=pad, eos_token_id=tok.eos_token_id, output_logits=True, return_dict_in_generate=True,
+                )
         finally:
             model.train(was_training)
         new = out.sequences[:, width:]  # (R, S)

@@ -14,6 +14,11 @@ default on CPU: a few tensor ops per layer on packed weights) or the model's own
 duration of `generate` (same values, restored after): MKL runs the few-row decode matmuls x @ W^T about 2x faster
 when W^T is row-major in memory.
 
+Precision: with `dtype="bf16"` the whole call (prefill, decode, KV cache) runs on bfloat16 copies of the weights
+(`rollout.precision.rollout_weights`, made from the current weights at the start of each call, the trainer's tensors
+restored at its end); tokens are sampled from float32-upcast logits, and the recorded sampler log-probs are the
+bfloat16 model's, so truncated importance sampling in the trainer sees the real sampler/trainer mismatch.
+
 Seeds: one torch.Generator per `generate` call, seeded with `seed` (or a draw from torch's global RNG when None),
 so the same seed, prompts and batch_size give the same samples. Output layout: see `Rollouts`.
 """
@@ -32,6 +37,7 @@ from alignlab.errors import ConfigError
 from alignlab.rollout.base import Rollouts, Sampling, assemble_rollouts, check_request
 from alignlab.rollout.cache import SlabCache
 from alignlab.rollout.fused import FusedDecoder, fused_unsupported_reason
+from alignlab.rollout.precision import rollout_dtype, rollout_weights
 from alignlab.rollout.sampler import sample_tokens
 
 logger = logging.getLogger("alignlab")
@@ -102,15 +108,19 @@ class NativeEngine:
         check_every: decode steps between finished-rows checks (a device sync); default 1 on CPU, 8 elsewhere.
         fused: decode with `FusedDecoder` (True: required, error if the model is not supported; False: never;
             None: on CPU when supported). It holds one extra copy of the linear weights while generating.
+        dtype: rollout precision: "auto" (the model's own dtype) or "bf16" (sample from bfloat16 copies of the
+            weights, made per call; one more copy of the weights, in bfloat16, while generating).
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, check_every: int | None = None,
-                 fused: bool | None = None):
+                 fused: bool | None = None, dtype: str = "auto"):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has no eos_token_id: NativeEngine stops each sequence at EOS")
+        rollout_dtype(dtype)  # validates the name
         self.tokenizer, self.batch_size, self.check_every, self.fused = tokenizer, batch_size, check_every, fused
+        self.dtype = dtype
         self.sync_weights(model)
 
     def sync_weights(self, model) -> None:
@@ -147,8 +157,11 @@ class NativeEngine:
         self.model.eval()
         fused = self.uses_fused()
         try:
-            with contextlib.nullcontext() if fused else decode_layout(self.inner):
-                with record_function("alignlab.pack_weights"):
+            with contextlib.ExitStack() as stack:
+                with record_function("alignlab.pack_weights"):  # the bf16 copies too (rollout dtype bf16)
+                    stack.enter_context(rollout_weights(self.model, self.dtype))
+                    if not fused:
+                        stack.enter_context(decode_layout(self.inner))
                     self._decoder = FusedDecoder(self.inner) if fused else None
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start:start + self.batch_size]

@@ -177,7 +177,7 @@ def test_truncated_importance_weights_when_the_sampler_differs(tiny_model_dir, p
                 ro.logprobs = torch.where(ro.response_mask, lp - 0.5, 0.0)
             return ro
 
-    monkeypatch.setattr(pg_module, "make_engine", lambda model, tok, backend: OffEngine(model, tok))
+    monkeypatch.setattr(pg_module, "make_engine", lambda model, tok, backend, **kw: OffEngine(model, tok))
     out = tmp_path / "tis"
     main(config(tiny_model_dir, prompt_data, out, optim__max_steps=1))
     assert metrics(out)[0]["is_weight"] == pytest.approx(math.exp(0.5), rel=1e-4)
