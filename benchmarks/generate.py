@@ -6,6 +6,7 @@ Run (from the repository root):
     python benchmarks/generate.py --models small --batches 8 --profile   # ms/step by phase and op kind
     python benchmarks/generate.py --models small --threads 1 --clock cpu --profile --repeats 1  # busy machine
     python benchmarks/generate.py --threads 1 --clock cpu  # CPU-time fallback on a busy machine
+    python benchmarks/generate.py --models small --dtype bf16 --threads 1 --clock cpu --name generate-bf16-profile
 
 Writes benchmarks/results/generate.json (every run) and benchmarks/results/generate.md (the table, also printed);
 with --profile, generate-profile.{json,md} instead, with a per-step breakdown of each run (torch.profiler; the
@@ -14,7 +15,9 @@ results/logs/*.profile.txt.
 Fixtures are `common.py`'s (benchmarks/README.md): the vocab-4096 tokenizer, the tiny and small random Llamas, and
 the prompts of its prompt/completion JSONL (64 tokens each, + BOS). Every run samples (temperature 1, no top-k or
 top-p) exactly `--new-tokens` tokens per prompt (EOS suppressed: `min_new_tokens` = `max_new_tokens` on both
-sides), fp32, one prompt per row.
+sides), one prompt per row. Weights are float32; with `--dtype bf16` both engines sample in bfloat16 (native:
+`NativeEngine(..., dtype="bf16")`, bf16 copies of the weights made per call, included in the timing; hf: the same
+per-call bf16 copy, `alignlab.rollout.rollout_weights`, around `model.generate`).
 
 - *native*: `alignlab.rollout.NativeEngine(model, tokenizer, batch_size=B).generate(prompts, 1, sampling)`.
 - *hf*: `model.generate(input_ids, attention_mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
@@ -37,6 +40,7 @@ from pathlib import Path
 import common
 
 LIBS = ("native", "hf")
+DTYPES = ("auto", "bf16")  # rollout precision (--dtype): the fp32 weights, or per-call bfloat16 copies
 RESULTS = Path(__file__).resolve().parent / "results"
 HF_PERF_NOTES = {("small", 8): 274, ("small", 32): 426, ("tiny", 8): 1870, ("tiny", 32): 3168}  # tok/s
 TARGETS = {("small", 8): 3.0, ("small", 32): 2.0}  # native tokens/s over hf
@@ -50,7 +54,7 @@ def child(a) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignlab.rollout import NativeEngine, Sampling
+    from alignlab.rollout import NativeEngine, Sampling, rollout_weights
 
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     tok.padding_side = "left"  # for hf generate; NativeEngine pads its own way
@@ -62,7 +66,7 @@ def child(a) -> None:
         if a.onednn == "off":  # A/B of the fused step's weight layout: plain MKL products only
             from alignlab.rollout import fused
             fused.ONEDNN = False
-        engine = NativeEngine(model, tok, batch_size=a.batch_size)
+        engine = NativeEngine(model, tok, batch_size=a.batch_size, dtype=a.dtype)
         sampling = Sampling(max_new_tokens=n_new, min_new_tokens=n_new, temperature=1.0)
 
         def run(prompts: list[str], seed: int) -> int:
@@ -71,7 +75,7 @@ def child(a) -> None:
         def run(prompts: list[str], seed: int) -> int:
             torch.manual_seed(seed)
             enc = tok(prompts, return_tensors="pt", padding=True)
-            with torch.no_grad():
+            with torch.no_grad(), rollout_weights(model, a.dtype):
                 out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                                      max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tok.pad_token_id)
             return int(out[:, enc["input_ids"].shape[1]:].numel())
@@ -83,7 +87,8 @@ def child(a) -> None:
         tokens += run(prompts, k)
         per_call.append(time.perf_counter() - s)
         Path(a.progress_file).write_text(f"{k}/{a.calls}")
-    result = {"lib": a.lib, "model": a.model, "batch_size": a.batch_size, "new_tokens": n_new, "calls": a.calls,
+    result = {"lib": a.lib, "dtype": a.dtype, "model": a.model, "batch_size": a.batch_size, "new_tokens": n_new,
+              "calls": a.calls,
               "tokens": tokens, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
               "call_seconds": per_call, "peak_rss_mb": round(common.peak_rss_mb(), 1)}
     if a.profile:  # one more call, profiled, after the timed ones (which the profiler would slow)
@@ -138,15 +143,19 @@ def metrics(run: dict, clock: str) -> dict:
             "peak_rss_mb": run["peak_rss_mb"]}
 
 
+def _key(r: dict) -> tuple:
+    return r["model"], r["batch_size"], r["lib"], r.get("dtype", "auto")
+
+
 def summarize(runs: list[dict], clock: str) -> list[dict]:
+    """Median per (model, batch, engine, dtype); speed-ups are against hf at the same dtype and against fp32 hf."""
     rows = []
-    for key in sorted({(r["model"], r["batch_size"], r["lib"]) for r in runs},
-                      key=lambda k: (list(common.MODELS).index(k[0]), k[1], LIBS.index(k[2]))):
-        ok = [r for r in runs if (r["model"], r["batch_size"], r["lib"]) == key and "error" not in r]
-        row = {"model": key[0], "batch_size": key[1], "lib": key[2], "runs": len(ok)}
+    for key in sorted({_key(r) for r in runs},
+                      key=lambda k: (list(common.MODELS).index(k[0]), k[1], LIBS.index(k[2]), k[3])):
+        ok = [r for r in runs if _key(r) == key and "error" not in r]
+        row = {"model": key[0], "batch_size": key[1], "lib": key[2], "dtype": key[3], "runs": len(ok)}
         if not ok:
-            rows.append({**row, "error": next(r["error"] for r in runs if (r["model"], r["batch_size"],
-                                                                            r["lib"]) == key)})
+            rows.append({**row, "error": next(r["error"] for r in runs if _key(r) == key)})
             continue
         ms = [metrics(r, clock) for r in ok]
         row.update({k: common.median([m[k] for m in ms]) for k in ms[0]})
@@ -154,10 +163,11 @@ def summarize(runs: list[dict], clock: str) -> list[dict]:
         row["foreign_cores"] = max(r.get("foreign_cores", 0.0) for r in ok)
         rows.append(row)
     for row in rows:
-        ref = next((r for r in rows if r["lib"] == "hf" and (r["model"], r["batch_size"]) ==
-                    (row["model"], row["batch_size"]) and "tokens_per_s" in r), None)
-        if ref and "tokens_per_s" in row:
-            row["speedup_vs_hf"] = row["tokens_per_s"] / ref["tokens_per_s"]
+        for field, dtype in (("speedup_vs_hf", row["dtype"]), ("speedup_vs_hf_fp32", "auto")):
+            ref = next((r for r in rows if r["lib"] == "hf" and _key(r) == (row["model"], row["batch_size"], "hf",
+                                                                             dtype) and "tokens_per_s" in r), None)
+            if ref and "tokens_per_s" in row:
+                row[field] = row["tokens_per_s"] / ref["tokens_per_s"]
     return rows
 
 
@@ -167,20 +177,25 @@ def markdown(summary: list[dict], info: dict, settings: dict, runs: list[dict] |
         f"{info['date']} · {info['cpu']} ({info['cores']} cores) · {info['threads']} threads · torch {info['torch']} "
         f"· transformers {info['transformers']} · alignlab {info['alignlab_commit']}", "",
         f"Command: `{settings['command']}`  ", f"Load average before / after: {settings['loadavg']}  ",
-        f"{settings['new_tokens']} sampled tokens per prompt (EOS suppressed), prompts of 64 tokens + BOS, fp32; "
+        f"{settings['new_tokens']} sampled tokens per prompt (EOS suppressed), prompts of 64 tokens + BOS, "
+        f"{settings.get('dtype', 'fp32')}; "
         f"{settings['calls']} timed calls after one warm-up per process; median of {settings['repeats']} fresh "
         f"processes; {settings['env']}; {settings['clock']} clock.", "",
-        "| model | batch | engine | tokens/s | range | ms / token step | speed-up vs hf | peak RSS MB | other load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | engine | dtype | tokens/s | range | ms / token step | speed-up vs hf (same dtype) | "
+        "vs hf fp32 | peak RSS MB | other load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['model']} | {r['batch_size']} | {r['lib']} | failed: {r['error'][:80]} |")
+            lines.append(f"| {r['model']} | {r['batch_size']} | {r['lib']} | {r['dtype']} | failed: "
+                         f"{r['error'][:80]} |")
             continue
         lo, hi = r["tokens_per_s_range"]
         rel = f"{r['speedup_vs_hf']:.2f}×" if r["lib"] != "hf" and "speedup_vs_hf" in r else ""
-        lines.append(f"| {r['model']} | {r['batch_size']} | {r['lib']} | {r['tokens_per_s']:,.0f} | "
-                     f"{lo:,.0f}–{hi:,.0f} | {r['ms_per_step']:.1f} | {rel} | {r['peak_rss_mb']:,.0f} | "
+        rel32 = f"{r['speedup_vs_hf_fp32']:.2f}×" if "speedup_vs_hf_fp32" in r and _key(r)[2:] != ("hf", "auto") else ""
+        dtype = "fp32" if r["dtype"] == "auto" else r["dtype"]
+        lines.append(f"| {r['model']} | {r['batch_size']} | {r['lib']} | {dtype} | {r['tokens_per_s']:,.0f} | "
+                     f"{lo:,.0f}–{hi:,.0f} | {r['ms_per_step']:.1f} | {rel} | {rel32} | {r['peak_rss_mb']:,.0f} | "
                      f"{r['foreign_cores']:.2f} |")
     notes = ", ".join(f"{m} b{b} {v}" for (m, b), v in HF_PERF_NOTES.items())
     lines += ["", "tokens/s: generated tokens per second over the timed calls (prefill included). *other load*: CPU "
@@ -189,9 +204,10 @@ def markdown(summary: list[dict], info: dict, settings: dict, runs: list[dict] |
     met = []
     for r in summary:
         target = TARGETS.get((r["model"], r["batch_size"]))
-        if r["lib"] == "native" and "speedup_vs_hf" in r and target:
-            verdict = "met" if r["speedup_vs_hf"] >= target else "not met"
-            met.append(f"{r['model']} batch {r['batch_size']} ≥ {target:.0f}×: {verdict} ({r['speedup_vs_hf']:.2f}×)")
+        if r["lib"] == "native" and "speedup_vs_hf_fp32" in r and target:
+            verdict = "met" if r["speedup_vs_hf_fp32"] >= target else "not met"
+            met.append(f"{r['model']} batch {r['batch_size']} native {r['dtype']} ≥ {target:.0f}× hf fp32: {verdict} "
+                       f"({r['speedup_vs_hf_fp32']:.2f}×)")
     note = ["", f"**Note:** {settings['note']}"] if settings.get("note") else []
     return "\n".join(lines + (["", "Targets: " + "; ".join(met) + "."] if met else []) + note
                      + profile_tables(runs or [], settings["clock"])) + "\n"
@@ -206,17 +222,17 @@ def profile_tables(runs: list[dict], clock: str) -> list[str]:
         if not parts:
             continue
         scale = metrics(r, clock)["ms_per_step"] / parts["total"]
-        lines += ["", f"### {r['model']} b{r['batch_size']} {r['lib']} #{r['repeat']}: ms per token step "
-                  f"({clock} clock; profiler overhead removed by scaling)", "", "| phase / op kind | ms | share |",
-                  "|---|---|---|"]
+        lines += ["", f"### {r['model']} b{r['batch_size']} {r['lib']} {r.get('dtype', 'auto')} #{r['repeat']}: "
+                  f"ms per token step ({clock} clock; profiler overhead removed by scaling)", "",
+                  "| phase / op kind | ms | share |", "|---|---|---|"]
         lines += [f"| {k} | {v * scale:.2f} | {v / parts['total']:.0%} |" for k, v in parts.items() if k != "total"]
     return lines
 
 
 def parent(a) -> None:
     models, libs = a.models.split(","), a.libs.split(",")
-    batches = [int(b) for b in a.batches.split(",")]
-    for value, allowed in ((models, common.MODELS), (libs, LIBS)):
+    batches, dtypes = [int(b) for b in a.batches.split(",")], a.dtype.split(",")
+    for value, allowed in ((models, common.MODELS), (libs, LIBS), (dtypes, DTYPES)):
         if any(v not in allowed for v in value):
             sys.exit(f"unknown {value}; choose from {list(allowed)}")
     if a.clock == "cpu" and a.threads != 1:
@@ -228,18 +244,22 @@ def parent(a) -> None:
     data, model_dirs = common.sft_dataset(1024), {m: common.model_dir(m) for m in models}
     load_before = os.getloadavg()
     runs, t0 = [], time.perf_counter()
-    jobs = [(r, m, b, lib) for r in range(a.repeats) for m in models for b in batches for lib in libs]
-    for i, (rep, m, b, lib) in enumerate(jobs, 1):
-        label, stem = f"[{i:2d}/{len(jobs)}] {m:5s} b{b:<3d} {lib:6s} #{rep + 1}", f"generate-{m}-b{b}-{lib}-{rep + 1}"
+    jobs = [(r, m, b, lib, d) for r in range(a.repeats) for m in models for b in batches for lib in libs
+            for d in dtypes]
+    for i, (rep, m, b, lib, dtype) in enumerate(jobs, 1):
+        tag = "" if dtype == "auto" else f"-{dtype}"
+        label = f"[{i:2d}/{len(jobs)}] {m:5s} b{b:<3d} {lib:6s} {dtype:4s} #{rep + 1}"
+        stem = f"generate-{m}-b{b}-{lib}{tag}-{rep + 1}"
         argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model", m, "--model-dir",
                 str(model_dirs[m]), "--data", str(data), "--batch-size", str(b), "--calls", str(a.calls),
                 "--new-tokens", str(a.new_tokens), "--threads", str(a.threads), "--out", str(log_dir / f"{stem}.json"),
-                "--progress-file", str(log_dir / "progress"), "--onednn", a.onednn]
+                "--progress-file", str(log_dir / "progress"), "--onednn", a.onednn,
+                "--dtype", dtype]
         argv += ["--profile"] if a.profile else []
         if a.wait_idle:
             common.wait_idle(a.wait_idle, a.max_load)
         res = common.run_child(argv, env=env, log_path=log_dir / f"{stem}.log", label=label)
-        res.update(model=m, batch_size=b, lib=lib, repeat=rep + 1, loadavg=os.getloadavg()[0])
+        res.update(model=m, batch_size=b, lib=lib, dtype=dtype, repeat=rep + 1, loadavg=os.getloadavg()[0])
         runs.append(res)
         msg = (f"FAILED ({res['error']}) " + " | ".join(res["log_tail"][-3:]) if "error" in res else
                "{tokens_per_s:8,.0f} tok/s {ms_per_step:6.1f} ms/step".format(**metrics(res, a.clock))
@@ -251,7 +271,9 @@ def parent(a) -> None:
                 "loadavg": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else
                                                          ", no allocator tunables")
-                + ("" if a.onednn == "auto" else ", native decode weights plain (--onednn off)")}
+                + ("" if a.onednn == "auto" else ", native decode weights plain (--onednn off)"),
+                "dtype": "fp32" if a.dtype == "auto" else f"fp32 weights, rollout dtypes {a.dtype} (bf16: per-call "
+                "bfloat16 copies, both engines)"}
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
     name = a.name or ("generate-profile" if a.profile else "generate")
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
@@ -281,6 +303,9 @@ def parse_args(argv=None):
                          "kind, and op tables, in results/logs/*.profile.txt")
     ap.add_argument("--onednn", choices=("auto", "off"), default="auto",
                     help="native: oneDNN-packed decode weights for big float32 models (auto), or plain MKL (off)")
+    ap.add_argument("--dtype", default="auto",
+                    help="comma-separated rollout precisions, each run on both engines: auto (the fp32 weights) or "
+                         "bf16 (per-call bfloat16 copies); e.g. auto,bf16")
     ap.add_argument("--name", default="", help="results/<name>.{json,md} (default generate, with --profile "
                     "generate-profile: profiled timings never overwrite the plain results)")
     ap.add_argument("--note", default="", help="a sentence added to the markdown (e.g. the machine's state)")
