@@ -27,9 +27,9 @@ CLAIM = ("Ranked preference modeling learns from comparisons better than imitati
 OBJECTIVES = {"bradley_terry": "preference model", "binary": "binary discrimination", "imitation": "imitation"}
 SCALES = {
     "tiny": {"sizes": [32], "epochs": 1, "heldout": 32, "acc_prompts": 8, "acc_samples": 4, "batch": 16},
-    "default": {"sizes": [64, 256, 1024], "epochs": 2, "heldout": 256, "acc_prompts": 64, "acc_samples": 8,
-                "batch": 16},
-    "large": {"sizes": [64, 256, 1024, 4096], "epochs": 2, "heldout": 1024, "acc_prompts": 256,
+    "default": {"sizes": [64, 256, 1024, 4096], "epochs": 2, "heldout": 1024, "acc_prompts": 128,
+                "acc_samples": 8, "batch": 16},
+    "large": {"sizes": [64, 256, 1024, 4096, 16384], "epochs": 2, "heldout": 2048, "acc_prompts": 256,
               "acc_samples": 16, "batch": 16},
 }
 
