@@ -24,8 +24,8 @@ LOSSES = {"dpo": {}, "ipo": {"beta": 0.5}, "cdpo": {"label_smoothing": 0.2}, "ro
 SCALES = {
     "tiny": {"losses": ["dpo", "ipo"], "noise": [0.0, 0.4], "sft_steps": 20, "pairs": 64, "steps": 4, "batch": 8,
              "lr": 5e-4, "eval_prompts": 16},
-    "default": {"losses": list(LOSSES), "noise": [0.0, 0.2, 0.4], "sft_steps": 150, "pairs": 512, "steps": 40,
-                "batch": 16, "lr": 5e-4, "eval_prompts": 128},
+    "default": {"losses": list(LOSSES), "noise": [0.0, 0.2, 0.4], "sft_steps": 150, "pairs": 1024, "steps": 64,
+                "batch": 16, "lr": 5e-4, "eval_prompts": 384},
     "large": {"losses": list(LOSSES), "noise": [0.0, 0.2, 0.4], "sft_steps": 300, "pairs": 2048, "steps": 160,
               "batch": 16, "lr": 5e-4, "eval_prompts": 512},
 }
@@ -50,6 +50,22 @@ def drift(run_dir) -> dict:
     if not lines:
         return {"chosen": float("nan"), "rejected": float("nan")}
     return {side: lines[-1][f"logps/{side}"] - lines[0][f"logps/{side}"] for side in ("chosen", "rejected")}
+
+
+def noise_checks(table: dict, gain: dict, s: dict) -> list[Check]:
+    """At each noisy rate, do IPO and the noise-aware losses lose less of their clean gain than DPO; and does
+    DPO's chosen log-prob fall over training on clean labels (likelihood displacement)?"""
+    clean, checks = min(s["noise"]), []
+    for rate in [r for r in s["noise"] if r > clean]:
+        for robust in [loss for loss in ("ipo", "cdpo", "robust") if loss in s["losses"]]:
+            lost = {k: gain[f"{k}@{clean:g}"] - gain[f"{k}@{rate:g}"] for k in ("dpo", robust)}
+            checks.append(Check(f"{robust} loses less gold reward to {rate:.0%} noise than DPO",
+                                f"{lost[robust]:.3f} vs {lost['dpo']:.3f}", lost[robust] < lost["dpo"]))
+    dpo_drift = table[f"dpo@{clean:g}"]["drift"]
+    checks.append(Check("DPO lowers the chosen completions' log-prob (likelihood displacement)",
+                        f"chosen {dpo_drift['chosen']:+.2f}, rejected {dpo_drift['rejected']:+.2f} nats per sequence",
+                        dpo_drift["chosen"] < 0))
+    return checks
 
 
 def run(ctx: Context) -> Outcome:
@@ -78,10 +94,6 @@ def run(ctx: Context) -> Outcome:
               Check("label noise lowers DPO's gold reward",
                     f"{table[f'dpo@{clean:g}']['gold']:.3f} clean vs {table[f'dpo@{noisy:g}']['gold']:.3f} at "
                     f"{noisy:.0%}", table[f"dpo@{clean:g}"]["gold"] > table[f"dpo@{noisy:g}"]["gold"])]
-    for robust in ("cdpo", "robust"):
-        if robust in s["losses"]:
-            lost = {k: gain[f"{k}@{clean:g}"] - gain[f"{k}@{noisy:g}"] for k in ("dpo", robust)}
-            checks.append(Check(f"{robust} loses less gold reward to {noisy:.0%} noise than DPO",
-                                f"{lost[robust]:.3f} vs {lost['dpo']:.3f}", lost[robust] < lost["dpo"]))
+    checks += noise_checks(table, gain, s)
     numbers = {"sft_gold": base["gold"], "runs": table, "label_agreement_with_gold": files["label_agreement"]}
     return Outcome(numbers, checks, plots)
