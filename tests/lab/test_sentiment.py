@@ -80,3 +80,11 @@ def test_prompts_are_neutral_openings_of_reviews():
     assert all(r.startswith(openings) for r in sentiment.reviews(100, seed=0))
     for prompt, completion in sentiment.review_pairs(20, seed=0):
         assert completion.startswith(" ") and prompt in openings
+
+
+def test_gold_reward_of_a_long_intensifier_chain_saturates_without_overflow():
+    """Each intensifier multiplies the next polarity word's weight, so a policy that repeats them drives S far
+    past exp's range (S = -2 * 2**600 for 600 x "extremely awful"): gold must be 0 (or 1), not an OverflowError."""
+    negative, positive = gold_reward(["the film was " + "extremely " * 600 + "awful.",
+                                      "the film was " + "extremely " * 600 + "brilliant."])
+    assert negative == 0.0 and positive == 1.0

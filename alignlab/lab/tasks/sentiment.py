@@ -68,7 +68,8 @@ _FILLER = [
 
 
 def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
+    # exp of a negative argument only: repeated intensifiers make S grow geometrically, and exp(-x) overflows
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 def tokenize(text: str) -> list[str]:
