@@ -120,9 +120,8 @@ class FusedDecoder:
     def _rms(norm: nn.Module, x: Tensor) -> Tensor:
         if x.dtype == torch.float32:  # one fused kernel, same arithmetic as the module's float32 path
             return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-        return norm.weight * x32.to(x.dtype)
+        # bf16 (rollout dtype): normalize in float32, cast, then scale, as the transformers module does
+        return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.variance_epsilon).to(x.dtype)
 
     def step(self, tokens: Tensor, positions: Tensor, bias: Tensor, cache) -> Tensor:
         """Logits (A, V) of the token after `tokens` (A,) at `positions` (A, 1); `bias` (A, 1, 1, L) additive
