@@ -4,6 +4,8 @@ A single-head RM and a K-head ensemble RM (heads on a shared backbone, `rm.ensem
 labelled pairs of the SFT policy's samples. PPO optimizes the SFT policy against each (`reward.combine` picks
 how the ensemble's heads become one score); every checkpoint is scored by the gold reward. Reported: the best
 gold reward each run reaches, where (KL) it peaks, and the gold at the end (how far it falls from the peak).
+The default RMs learn from only 128 pairs: from 512, PPO's gold still rises at 60 steps (KL ~30), there being
+nothing to overoptimize yet; the weaker proxy is what lets the gold turn down within the budget.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ RUNS = {"single": ("single", "sum"), "mean": ("ensemble", "mean"), "min": ("ense
 SCALES = {
     "tiny": {"runs": ["single", "min"], "sft_steps": 20, "pairs": 32, "rm_epochs": 1, "heads": 2, "ppo_steps": 2,
              "save_every": 1, "eval_prompts": 16},
-    "default": {"runs": list(RUNS), "sft_steps": 150, "pairs": 512, "rm_epochs": 2, "heads": 4, "ppo_steps": 60,
-                "save_every": 10, "eval_prompts": 96},
+    "default": {"runs": list(RUNS), "sft_steps": 150, "pairs": 128, "rm_epochs": 2, "heads": 4, "ppo_steps": 100,
+                "save_every": 10, "eval_prompts": 192},
     "large": {"runs": list(RUNS), "sft_steps": 300, "pairs": 2048, "rm_epochs": 2, "heads": 5, "ppo_steps": 200,
               "save_every": 20, "eval_prompts": 256},
 }
@@ -62,7 +64,14 @@ def run(ctx: Context) -> Outcome:
                                                     for n, c in curves.items()},
                        xlabel="KL to SFT", ylabel="mean gold reward", title="PPO: single RM vs ensembles")]
     conservative = [n for n in ("min", "mean_minus_std") if n in summary]
-    checks = [Check(f"{n} ends at least as high in gold reward as the single RM",
-                    f"{summary[n]['final_gold']:.3f} vs {summary['single']['final_gold']:.3f}",
-                    summary[n]["final_gold"] >= summary["single"]["final_gold"]) for n in conservative]
+    single = summary["single"]
+    checks = [Check("PPO against the single RM overoptimizes: gold falls from its peak by the end",
+                    f"peak {single['peak_gold']:.3f} at KL {single['peak_kl']:.2f} -> {single['final_gold']:.3f} "
+                    f"at KL {single['final_kl']:.2f}", single["fall"] > 0)]
+    for n in conservative:
+        checks += [Check(f"{n} ends at least as high in gold reward as the single RM",
+                         f"{summary[n]['final_gold']:.3f} vs {single['final_gold']:.3f}",
+                         summary[n]["final_gold"] >= single["final_gold"]),
+                   Check(f"{n} falls less from its gold peak than the single RM",
+                         f"{summary[n]['fall']:.3f} vs {single['fall']:.3f}", summary[n]["fall"] <= single["fall"])]
     return Outcome({"sft_gold": start["gold"], "runs": summary, "curves": curves}, checks, plots)
