@@ -30,6 +30,13 @@ def _engine(kind, model, tok, monkeypatch, dtype="bf16"):
         return HFEngine(model, tok, dtype=dtype)
     if kind == "native-onednn":  # the blocked bf16 layout big models get, forced on the tiny one
         monkeypatch.setattr(fused_module, "ONEDNN_MIN_BYTES", 0)
+        pack = fused_module.pack_linear
+
+        def checked(weight, onednn):
+            packed = pack(weight, onednn)
+            assert weight.dtype == torch.bfloat16 and packed[1] == fused_module.ONEDNN, "not a oneDNN bf16 packing"
+            return packed
+        monkeypatch.setattr(fused_module, "pack_linear", checked)
     return NativeEngine(model, tok, batch_size=3, fused=kind != "native-generic", dtype=dtype)
 
 
