@@ -8,7 +8,10 @@ level 1 there are only 100 distinct sums, so held-out rows share sums with train
 task's distribution, not unseen sums). Each algorithm trains from the SFT policy on the rest for the same steps,
 prompts and samples per step (`alignlab grpo --advantage NAME` / `alignlab ppo`, each in its own process with
 this process's thread count, so its wall time, CPU time and peak memory are its own), scored by exact match,
-and keeps a checkpoint every `eval_every` steps. Every checkpoint (and the SFT policy) is scored the same way on
+and keeps a checkpoint every `eval_every` steps. The critic-free runs take `epochs` x `minibatches` optimizer
+steps per batch (default 4 x 1: as many as PPO's 4 epochs; with 1 x 1 the update noise of one Adam step per 64
+samples at lr 2e-4 erases the SFT policy's thin greedy lead, see docs/lab-experiments.md).
+Every checkpoint (and the SFT policy) is scored the same way on
 the held-out rows: the exact match of `eval_samples` samples per prompt at temperature 1 (what RL maximizes,
 the policy's own accuracy) and of the greedy answer.
 """
@@ -45,11 +48,12 @@ GOLD = f"python:alignlab.lab.rewards:{LAB_REWARDS['arithmetic-gold']}"
 MAX_NEW_TOKENS = 12
 SCALES = {
     "tiny": {"algorithms": ["grpo", "rloo"], "levels": [1], "sft_steps": 20, "steps": 3, "prompts": 4, "group": 4,
-             "eval_every": 3, "lr": 1e-4, "heldout": 16, "eval_samples": 2},
+             "eval_every": 3, "lr": 1e-4, "heldout": 16, "eval_samples": 2, "epochs": 1, "minibatches": 1},
     "default": {"algorithms": ALGORITHMS, "levels": [1], "sft_steps": 300, "steps": 120, "prompts": 16, "group": 4,
-                "eval_every": 40, "lr": 2e-4, "heldout": 100, "eval_samples": 8},
-    "large": {"algorithms": ALGORITHMS, "levels": [1, 2, 3], "sft_steps": 600, "steps": 300, "prompts": 16,
-              "group": 8, "eval_every": 50, "lr": 2e-4, "heldout": 300, "eval_samples": 8},
+                "eval_every": 40, "lr": 2e-4, "heldout": 100, "eval_samples": 8, "epochs": 4, "minibatches": 1},
+    "large": {"algorithms": ALGORITHMS, "levels": [1], "sft_steps": 600, "steps": 120, "prompts": 64,
+              "group": 4, "eval_every": 40, "lr": 2e-4, "heldout": 100, "eval_samples": 8, "epochs": 4,
+              "minibatches": 4},
 }
 
 
@@ -77,7 +81,8 @@ def command(ctx: Context, name: str, sft_path, out, prompts: Path) -> list[str]:
         return ["ppo", *common, "--rollout.group-size", "1", "--rollout.prompts-per-step",
                 str(s["prompts"] * s["group"])]
     return ["grpo", *common, "--rollout.prompts-per-step", str(s["prompts"]), "--rollout.group-size",
-            str(s["group"]), "--advantage", name]
+            str(s["group"]), "--advantage", name, "--pg.epochs", str(s["epochs"]),
+            "--pg.minibatches", str(s["minibatches"])]
 
 
 def launch(args: list[str]) -> tuple[float, float, float]:
