@@ -104,7 +104,8 @@ def train_alignlab(model_dir: Path, data: Path, a, clock, out_dir: str) -> dict:
         log=LogConfig(output_dir=out_dir + "/run", log_every=10**6, eval_every=0, save_every=0, keep_checkpoints=1,
                       tensorboard=False, wandb=False, progress=False),
         rollout=RolloutConfig(prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=NEW_TOKENS, temperature=1.0,
-                              max_prompt_length=128, sample_every=0, backend=a.backend),
+                              max_prompt_length=128, sample_every=0, backend=a.backend,
+                              dtype=a.rollout_dtype),
         reward=RewardSourceConfig(sources=[f"python:{Path(__file__).resolve()}:reward"]),
         pg=pg.PGOptions(advantage="grpo", kl_coef=a.beta, kl_in="loss" if a.beta > 0 else "none",
                         aggregate="token_mean", clip_eps=0.2, epochs=1, minibatches=1),
@@ -174,7 +175,8 @@ def markdown(summary: list[dict], info: dict, settings: dict) -> str:
         f"Command: `{settings['command']}`  ", f"Load average before / after: {settings['loadavg']}  ",
         f"Per step: {PROMPTS} prompts x {GROUP} completions x ≤ {NEW_TOKENS} new tokens, beta {settings['beta']}; "
         f"warm-up {settings['warmup']}, measured {settings['steps']} steps; median of {settings['repeats']} fresh "
-        f"processes; {settings['env']}; {settings['clock']} clock; alignlab backend {settings['backend']}.", "",
+        f"processes; {settings['env']}; {settings['clock']} clock; alignlab backend {settings['backend']}, "
+        f"rollout dtype {settings.get('rollout_dtype', 'auto')}.", "",
         "| model | library | completions/s | range | step s | tokens/s | peak RSS MB | completions/s vs TRL "
         "| RSS vs TRL | start-up s | other load |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -217,7 +219,7 @@ def parent(a) -> None:
         argv = [str(Path(__file__).resolve()), "--child", "--lib", lib, "--model", m, "--model-dir",
                 str(model_dirs[m]), "--data", str(data), "--warmup", str(warmup), "--steps", str(steps),
                 "--total-steps", str(warmup + steps + 1), "--threads", str(a.threads), "--beta", str(a.beta),
-                "--backend", a.backend, "--out", str(log_dir / f"{stem}.json"),
+                "--backend", a.backend, "--rollout-dtype", a.rollout_dtype, "--out", str(log_dir / f"{stem}.json"),
                 "--progress-file", str(log_dir / "progress")]
         if a.wait_idle:
             common.wait_idle(a.wait_idle, a.max_load)
@@ -231,14 +233,14 @@ def parent(a) -> None:
     settings = {"command": "python benchmarks/grpo.py " + " ".join(sys.argv[1:]), "repeats": a.repeats,
                 "warmup": {m: a.warmup or WARMUP[m] for m in models}, "steps": {m: a.steps or STEPS[m] for m in models},
                 "loadavg": f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}", "beta": a.beta, "lr": LR,
-                "clock": a.clock, "backend": a.backend,
+                "clock": a.clock, "backend": a.backend, "rollout_dtype": a.rollout_dtype,
                 "env": f"OMP_NUM_THREADS={a.threads}" + (", GLIBC_TUNABLES set" if a.glibc_tunables else
                                                          ", no allocator tunables")}
     summary, info = summarize(runs, a.clock), common.machine_info(a.threads)
-    (RESULTS / "grpo.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
-                                                   "runs": runs}, indent=1))
+    (RESULTS / f"{a.name}.json").write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
+                                                      "runs": runs}, indent=1))
     md = markdown(summary, info, settings)
-    (RESULTS / "grpo.md").write_text(md)
+    (RESULTS / f"{a.name}.md").write_text(md)
     print(md)
 
 
@@ -251,6 +253,9 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default per model: {WARMUP})")
     ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient for both libraries (0: no reference)")
     ap.add_argument("--backend", default="auto", help="alignlab rollout backend: auto, native or hf")
+    ap.add_argument("--rollout-dtype", default="auto", choices=("auto", "bf16"),
+                    help="alignlab rollout precision (rollout.dtype; training stays fp32; TRL has no such option)")
+    ap.add_argument("--name", default="grpo", help="results/<name>.{json,md}")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="time the window on the wall clock or on the child's CPU time (robust on a busy machine)")
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads, same for every library")
