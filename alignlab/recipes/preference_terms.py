@@ -14,8 +14,9 @@ import torch
 
 from alignlab.losses import preference
 from alignlab.models import compute_logprobs
-from alignlab.models.logprobs import as_pairs, logprobs_and_token_kl, pair_logprobs
+from alignlab.models.logprobs import as_pairs, pair_logprobs
 from alignlab.models.shared_prompt import split_pairs
+from alignlab.models.token_kl import logprobs_and_token_kl
 
 _d = lambda x: x.detach().float()  # a metric: no grad, float32
 

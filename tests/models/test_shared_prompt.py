@@ -9,13 +9,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.data import collate_preference, collate_shared_prompt, shared_prompt_length
 from alignlab.models import apply_lora
-from alignlab.models.logprobs import logprobs_and_token_kl, pair_logprobs
+from alignlab.models.logprobs import pair_logprobs
 from alignlab.models.shared_prompt import (
     shared_prompt_mask,
     source_positions,
     split_pairs,
     supports_shared_prompt,
 )
+from alignlab.models.token_kl import logprobs_and_token_kl
 
 V = 97
 SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignlab.models import apply_lora, compute_logprobs
-from alignlab.models.logprobs import compute_token_kl, logprobs_and_token_kl
+from alignlab.models.token_kl import compute_token_kl, logprobs_and_token_kl
 
 V = 97
 SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
