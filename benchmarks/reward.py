@@ -36,8 +36,8 @@ from pathlib import Path
 import common
 
 BATCH = {"tiny": 8, "small": 4}  # pairs per step
-WARMUP = {"tiny": 5, "small": 2}
-STEPS = {"tiny": 30, "small": 8}
+WARMUP = {"tiny": 5, "small": 4}  # alignlab's first ~3 small steps are slow (first shapes, last-layer check)
+STEPS = {"tiny": 30, "small": 24}
 LR = 1e-5
 MAX_LENGTH = 256
 LIBS = ("alignlab", "trl")
