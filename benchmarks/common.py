@@ -479,3 +479,20 @@ class GradClock(StepClock):
 
         if torch.is_grad_enabled():
             super()._hook(module, args)
+
+
+def harness_args(ap, *, warmup: dict, steps: dict) -> None:
+    """The options every library-vs-library harness shares (models, libraries, repeats, window, threads, clock,
+    allocator tunables, waiting for a quiet machine), added to the parser `ap`."""
+    ap.add_argument("--models", default="tiny", help="comma-separated: tiny,small")
+    ap.add_argument("--libs", default="alignlab,trl", help="comma-separated: alignlab,trl")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per configuration (median)")
+    ap.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default per model: {warmup})")
+    ap.add_argument("--steps", type=int, default=None, help=f"measured steps (default per model: {steps})")
+    ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads, same for every library")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time the window on the wall clock or on the child's CPU time (robust on a busy machine)")
+    ap.add_argument("--glibc-tunables", action="store_true", help="GLIBC_TUNABLES of PERF-NOTES §2, for every library")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="before each run, wait up to this long for other processes to go quiet")
+    ap.add_argument("--max-load", type=float, default=0.15, metavar="CORES", help="what --wait-idle calls quiet")

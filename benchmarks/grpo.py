@@ -246,23 +246,12 @@ def parent(a) -> None:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="tiny", help="comma-separated: tiny,small")
-    ap.add_argument("--libs", default="alignlab,trl", help="comma-separated: alignlab,trl")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per configuration (median)")
-    ap.add_argument("--steps", type=int, default=None, help=f"measured steps (default per model: {STEPS})")
-    ap.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default per model: {WARMUP})")
+    common.harness_args(ap, warmup=WARMUP, steps=STEPS)
     ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient for both libraries (0: no reference)")
     ap.add_argument("--backend", default="auto", help="alignlab rollout backend: auto, native or hf")
     ap.add_argument("--rollout-dtype", default="auto", choices=("auto", "bf16"),
                     help="alignlab rollout precision (rollout.dtype; training stays fp32; TRL has no such option)")
     ap.add_argument("--name", default="grpo", help="results/<name>.{json,md}")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="time the window on the wall clock or on the child's CPU time (robust on a busy machine)")
-    ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads, same for every library")
-    ap.add_argument("--glibc-tunables", action="store_true", help="GLIBC_TUNABLES of PERF-NOTES §2, for every library")
-    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                    help="before each run, wait up to this long for other processes to go quiet")
-    ap.add_argument("--max-load", type=float, default=0.15, metavar="CORES", help="what --wait-idle calls quiet")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--lib", "--model", "--model-dir", "--data", "--out", "--progress-file"):
         ap.add_argument(name, help=argparse.SUPPRESS)

@@ -237,7 +237,7 @@ def parent(a) -> None:
                         "--total-steps", str(total), "--threads", str(a.threads), "--precision", a.precision,
                         "--out", str(log_dir / f"{stem}.json"), "--progress-file", str(log_dir / "progress")]
                 if a.wait_idle:
-                    common.wait_idle(a.wait_idle)
+                    common.wait_idle(a.wait_idle, a.max_load)
                 before = os.getloadavg()[0]
                 res = common.run_child(argv, env=env, log_path=log_dir / f"{stem}.log", label=label)
                 res.update(lib=lib, model=model, repeat=rep + 1, load_before=before, load_after=os.getloadavg()[0])
@@ -267,17 +267,7 @@ def parent(a) -> None:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="tiny", help="comma-separated: tiny,small")
-    ap.add_argument("--libs", default="alignlab,trl", help="comma-separated: alignlab,trl")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per library and model (median)")
-    ap.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default per model: {WARMUP})")
-    ap.add_argument("--steps", type=int, default=None, help=f"measured steps (default per model: {STEPS})")
-    ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads, same for both libraries")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="time the window on the wall clock or on the child's CPU time (robust on a busy machine)")
-    ap.add_argument("--glibc-tunables", action="store_true", help="GLIBC_TUNABLES of PERF-NOTES §2 for both")
-    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                    help="before each run, wait up to this long for other processes to go quiet")
+    common.harness_args(ap, warmup=WARMUP, steps=STEPS)
     ap.add_argument("--precision", choices=common.PRECISIONS, default="fp32",
                     help="fp32, or bf16 autocast in both libraries (results go to results/reward-bf16.json/.md)")
     ap.add_argument("--merge", action="store_true", help="keep results/reward.json's runs of libraries not rerun")
