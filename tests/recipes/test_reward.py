@@ -230,24 +230,12 @@ def test_binary_and_imitation_baselines(tiny_model_dir, small_pairs, tmp_path):
     assert metrics["pairs"] == 48  # a causal LM is scored by its mean completion log-prob
 
 
-def test_resume_is_exact(tiny_model_dir, small_pairs, tmp_path):
+def test_resume_is_exact(tiny_model_dir, small_pairs, tmp_path, resumed_like_full):
     full = tmp_path / "full"
     cfg = config(tiny_model_dir, small_pairs, full, steps=12)
     cfg.log.save_every, cfg.log.keep_checkpoints, cfg.log.log_every = 4, 0, 1
     main(cfg)
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    for step in (8, 12):
-        shutil.rmtree(resumed / "checkpoints" / f"step-{step}")
-    (resumed / "eval.json").unlink()
-    cfg.log.output_dir, cfg.resume = str(resumed), True
-    main(cfg)
-
-    def lines(run):
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
-
-    assert lines(resumed) == lines(full)
+    assert resumed_like_full(main, cfg, full, (8, 12))
 
 
 def test_nan_guard_names_step_and_rows(tiny_model_dir, small_pairs, tmp_path):

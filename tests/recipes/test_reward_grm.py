@@ -155,9 +155,8 @@ def test_grm_with_lora_and_shared_prompt_rows(lm_dir, pairs, tmp_path):
 
 
 @pytest.mark.parametrize("lm_dir", ["tied"], indirect=True)
-def test_grm_resume_is_exact_with_a_tied_head(lm_dir, pairs, tmp_path):
+def test_grm_resume_is_exact_with_a_tied_head(lm_dir, pairs, tmp_path, resumed_like_full):
     """The tied LM head is the RM's embedding parameter: a resumed run restores it in place and logs the same."""
-    import shutil
 
     from alignlab.recipes.reward import main
 
@@ -165,15 +164,4 @@ def test_grm_resume_is_exact_with_a_tied_head(lm_dir, pairs, tmp_path):
     cfg = config(lm_dir, pairs, full, steps=6, lm_coef=0.5)
     cfg.log.save_every, cfg.log.keep_checkpoints, cfg.log.log_every = 3, 0, 1
     main(cfg)
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-6")
-    (resumed / "eval.json").unlink()
-    cfg.log.output_dir, cfg.resume = str(resumed), True
-    main(cfg)
-
-    def lines(run):
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
-
-    assert lines(resumed) == lines(full)
+    assert resumed_like_full(main, cfg, full, (6,))
